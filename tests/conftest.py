@@ -1,0 +1,45 @@
+"""Shared test setup.
+
+TensorFlow sees one CPU here. Tests of `MirroredStrategy` need two devices, and
+logical devices can only be configured before TensorFlow initialises them, so
+this file splits the CPU into two logical devices before any test runs.
+"""
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+NUM_LOGICAL_CPUS = 2
+
+_cpus = tf.config.list_physical_devices("CPU")
+tf.config.set_logical_device_configuration(
+    _cpus[0], [tf.config.LogicalDeviceConfiguration()] * NUM_LOGICAL_CPUS
+)
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture
+def rng():
+    """A seeded numpy generator, fresh per test."""
+    return np.random.default_rng(1234)
+
+
+@pytest.fixture(autouse=True)
+def _reset_keras_state():
+    import keras
+
+    keras.utils.set_random_seed(1234)
+    yield
+    keras.config.set_dtype_policy("float32")
+    keras.backend.clear_session()
+
+
+@pytest.fixture
+def logical_cpus():
+    """The names of the two logical CPU devices."""
+    return [d.name for d in tf.config.list_logical_devices("CPU")][:NUM_LOGICAL_CPUS]

@@ -1,0 +1,1 @@
+"""vt_keras.train."""
