@@ -1,0 +1,122 @@
+"""Checkpoints that survive a crash and refuse to load into the wrong model.
+
+The workdir holds `config.json` (the config that trained it) and
+`checkpoints/` (a `tf.train.CheckpointManager`). A restart of the same
+command restores the latest checkpoint and continues to the same total step
+count. A workdir whose model config differs from the current one, or whose
+variables do not fit the current model, is a `CheckpointError` that names the
+differing keys; nothing in the workdir is overwritten in that case.
+
+Under `MultiWorkerMirroredStrategy` every worker must take part in saving; only
+the chief writes into the workdir, the others into a scratch directory that is
+removed afterwards (TensorFlow's documented pattern).
+"""
+import json
+import os
+import shutil
+import tempfile
+
+import tensorflow as tf
+
+from vt_keras.errors import CheckpointError
+
+CONFIG_FILE = "config.json"
+CHECKPOINT_DIR = "checkpoints"
+
+
+def save_config(config, workdir):
+    """Writes the config as JSON into the workdir (what evaluate/export read)."""
+    tf.io.gfile.makedirs(workdir)
+    path = os.path.join(workdir, CONFIG_FILE)
+    tmp = path + ".tmp"
+    with tf.io.gfile.GFile(tmp, "w") as f:
+        f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+    tf.io.gfile.rename(tmp, path, overwrite=True)
+
+
+def load_config(workdir):
+    """Reads the `ConfigDict` a workdir was trained with."""
+    import ml_collections
+
+    path = os.path.join(workdir, CONFIG_FILE)
+    if not tf.io.gfile.exists(path):
+        raise CheckpointError(f"--workdir={workdir}: no {CONFIG_FILE} there; expected the workdir of a "
+                              "finished or running `train` (it writes config.json first)")
+    with tf.io.gfile.GFile(path) as f:
+        return ml_collections.ConfigDict(json.load(f))
+
+
+def _flatten(d, prefix=""):
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = json.dumps(v, sort_keys=True)
+    return out
+
+
+def check_same_model(config, workdir, sections=("task", "model", "data.features", "data.num_classes")):
+    """Raises `CheckpointError` when the workdir's saved config built a different model."""
+    path = os.path.join(workdir, CONFIG_FILE)
+    if not tf.io.gfile.exists(path):
+        return
+    with tf.io.gfile.GFile(path) as f:
+        saved = _flatten(json.load(f))
+    current = _flatten(json.loads(config.to_json_best_effort()))
+    diffs = []
+    for key in sorted(set(saved) | set(current)):
+        if not any(key == s or key.startswith(s + ".") for s in sections):
+            continue
+        if saved.get(key) != current.get(key):
+            diffs.append(f"{key}: checkpoint {saved.get(key, '<absent>')} vs now {current.get(key, '<absent>')}")
+    if diffs:
+        raise CheckpointError(
+            f"--workdir={workdir} holds a checkpoint of a different model ({'; '.join(diffs[:3])}"
+            f"{'; ...' if len(diffs) > 3 else ''}); use a new --workdir or the original config"
+        )
+
+
+class CheckpointKeeper:
+    """Saves and restores the training state of one run."""
+
+    def __init__(self, workdir, chief=True, max_to_keep=3, **trackables):
+        self.workdir = workdir
+        self.chief = chief
+        self.checkpoint = tf.train.Checkpoint(**trackables)
+        directory = os.path.join(workdir, CHECKPOINT_DIR)
+        self._scratch = None
+        if not chief:
+            self._scratch = tempfile.mkdtemp(prefix="vt_keras_ckpt_")
+            directory = self._scratch
+        self.manager = tf.train.CheckpointManager(self.checkpoint, directory, max_to_keep=max_to_keep)
+        # Non-chief workers restore from the chief's directory.
+        self._restore_dir = os.path.join(workdir, CHECKPOINT_DIR)
+
+    @property
+    def latest(self):
+        return tf.train.latest_checkpoint(self._restore_dir)
+
+    def restore(self):
+        """Restores the latest checkpoint if any; returns its path or None."""
+        path = self.latest
+        if path is None:
+            return None
+        try:
+            status = self.checkpoint.restore(path)
+            status.assert_existing_objects_matched()
+        except (ValueError, AssertionError, tf.errors.InvalidArgumentError) as e:
+            first = str(e).strip().splitlines()[0][:300]
+            raise CheckpointError(
+                f"checkpoint {path} does not fit the model being built ({first}); "
+                "use a new --workdir or the config that wrote it"
+            ) from e
+        return path
+
+    def save(self, step):
+        path = self.manager.save(checkpoint_number=int(step))
+        if self._scratch:
+            shutil.rmtree(self._scratch, ignore_errors=True)
+            tf.io.gfile.makedirs(self._scratch)
+        return path

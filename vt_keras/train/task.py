@@ -1,0 +1,94 @@
+"""The contract between a task and the one training loop.
+
+A task (YouTube-8M classification, correlation tower, retrieval, CKA
+synthetic, ...) subclasses `Task` and registers itself in `TASKS` under the
+name a config gives in `config.task`. The loop in `vt_keras.train.loop` does
+everything else: strategy, distributed datasets, optimizer, checkpoints,
+summaries, progress line, NaN guard.
+
+Loss convention. `loss_fn` runs once per replica inside `strategy.run` and
+returns that replica's *contribution*; the loop sums contributions over
+replicas and the optimizer applies the summed gradient. `StepContext` has the
+two helpers that get the scaling right:
+
+- `ctx.mean_over_global_batch(per_example)`: for losses that are a mean over
+  examples, `sum(per_example) / global_batch_size`.
+- `ctx.global_scalar(value)`: for a loss already computed over the whole
+  global batch (after `ctx.gather`), `value / num_replicas`.
+
+Losses a model adds with `add_loss` (e.g. `CKAAlignment`) are global scalars
+and the loop divides them by `num_replicas` itself.
+"""
+import dataclasses
+from typing import Callable
+
+from vt_keras.registry import Registry
+
+TASKS = Registry("task")
+
+
+@dataclasses.dataclass
+class StepContext:
+    """What a replica's loss function knows about the step it is in."""
+
+    global_batch_size: int
+    num_replicas: int
+    gather: Callable  # gather(x, axis=0): the global batch on every replica
+    step: object = None  # the optimizer's iteration count, a scalar tensor
+    training: bool = True
+
+    def mean_over_global_batch(self, per_example):
+        import tensorflow as tf
+
+        return tf.reduce_sum(per_example) / float(self.global_batch_size)
+
+    def global_scalar(self, value):
+        return value / float(self.num_replicas)
+
+
+class Task:
+    """Base class of a task; see the module docstring for the contract."""
+
+    def __init__(self, config):
+        self.config = config
+        # The loop sets this before building datasets: config.seed plus the
+        # step a resumed run starts from, so a resume does not replay data.
+        self.data_seed = int(config.get("seed", 0))
+
+    def build_model(self):
+        """Returns an (unbuilt or built) `keras.Model`."""
+        raise NotImplementedError
+
+    def train_dataset(self, input_context):
+        """A `tf.data.Dataset` of per-replica batches for one input pipeline.
+
+        `input_context` is a `tf.distribute.InputContext`: shard files by
+        `input_pipeline_id` / `num_input_pipelines` and batch with
+        `get_per_replica_batch_size(config.train.batch_size)`; repeat forever
+        and drop the remainder so every replica sees the same shapes.
+        """
+        raise NotImplementedError
+
+    def loss_fn(self, model, batch, ctx):
+        """Returns `(loss_contribution, {name: scalar})` for one replica's batch."""
+        raise NotImplementedError
+
+    def evaluate(self, model, pattern, **kwargs):
+        """Evaluates `model` on the files of `pattern`; returns a flat dict of floats."""
+        raise NotImplementedError
+
+    def export(self, model, export_dir):
+        """Writes a SavedModel with this task's serving signatures."""
+        raise NotImplementedError
+
+    def trackables(self):
+        """Extra state to checkpoint beside model and optimizer (e.g. a loss queue)."""
+        return {}
+
+    def warm_start(self, model):
+        """Loads frozen parts (e.g. a trained correlation tower) into `model`."""
+        del model
+
+    def summary_line(self, metrics):
+        """A one-line human summary of evaluation metrics for the console."""
+        return " ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()) if isinstance(v, float))
