@@ -55,6 +55,15 @@ class Task:
         # step a resumed run starts from, so a resume does not replay data.
         self.data_seed = int(config.get("seed", 0))
 
+    @classmethod
+    def prepare_config(cls, config, log=print):
+        """Fills config values derived from the data (before the config is saved).
+
+        Returns True when the task substituted its embedded default data.
+        """
+        del config, log
+        return False
+
     def build_model(self):
         """Returns an (unbuilt or built) `keras.Model`."""
         raise NotImplementedError
@@ -88,6 +97,14 @@ class Task:
     def warm_start(self, model):
         """Loads frozen parts (e.g. a trained correlation tower) into `model`."""
         del model
+
+    def format_results(self, results, baseline=None):
+        """The printable table of final metrics (beside a baseline's, if given)."""
+        lines = []
+        for k, v in sorted(results.items()):
+            extra = f"   baseline {baseline[k]:.4f}" if baseline and k in baseline else ""
+            lines.append(f"{k:<24} {v:.4f}{extra}" if isinstance(v, float) else f"{k:<24} {v}")
+        return "\n".join(lines)
 
     def summary_line(self, metrics):
         """A one-line human summary of evaluation metrics for the console."""

@@ -1,0 +1,10 @@
+"""Transformer, late fusion: one aggregator per modality, pooled vectors concatenated."""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from yt8m_base import get_base_config  # noqa: E402
+
+
+def get_config():
+    return get_base_config(aggregator="transformer", fusion="late")

@@ -1,0 +1,130 @@
+"""What every binary shares: flag parsing, config loading, one-line errors.
+
+A `UserError` (or a flag the user got wrong) ends the binary with one line on
+stderr, `error: <what is wrong, what was expected>`, and exit status 2. Any
+other exception is a bug and keeps its traceback.
+"""
+import importlib.util
+import os
+import re
+import sys
+
+from vt_keras.errors import ConfigError, UserError
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CONFIG_DIR = os.path.join(REPO_ROOT, "configs")
+
+
+def die(message, status=2):
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(status)
+
+
+def load_config_file(path):
+    """Calls `get_config()` of a config file, with the file named in any error."""
+    path = resolve_config_path(path)
+    name, _, arg = path.partition(":")
+    spec = importlib.util.spec_from_file_location("vt_keras_user_config", name)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except FileNotFoundError as e:
+        raise ConfigError(f"--config={path}: no such file; expected a config .py file such as "
+                          f"configs/yt8m/late_fusion.py") from e
+    if not hasattr(module, "get_config"):
+        raise ConfigError(f"--config={path}: the file defines no get_config()")
+    return module.get_config(arg) if arg else module.get_config()
+
+
+def resolve_config_path(path):
+    """Accepts paths relative to the working directory or to the repository."""
+    name, sep, arg = path.partition(":")
+    if not os.path.exists(name) and os.path.exists(os.path.join(REPO_ROOT, name)):
+        name = os.path.join(REPO_ROOT, name)
+    return name + sep + arg
+
+
+_OVERRIDE = re.compile(r"^--config\.([A-Za-z0-9_.]+)(=.*)?$")
+
+
+def check_config_overrides(argv, default_config):
+    """Raises `ConfigError` naming the first `--config.a.b=...` key the config lacks.
+
+    ml_collections would otherwise end in a bare `AttributeError` traceback.
+    """
+    config_path = default_config
+    overrides = []
+    for arg in argv[1:]:
+        if arg.startswith("--config="):
+            config_path = arg.split("=", 1)[1]
+        m = _OVERRIDE.match(arg)
+        if m:
+            overrides.append((arg, m.group(1)))
+    if not overrides:
+        return
+    if config_path is None:
+        raise ConfigError(f"{overrides[0][0]}: no --config given to override")
+    config = load_config_file(config_path)
+    for arg, dotted in overrides:
+        node, walked = config, []
+        for part in dotted.split("."):
+            keys = list(node.keys()) if hasattr(node, "keys") else []
+            if part not in keys:
+                where = ".".join(walked) or "the top level"
+                raise ConfigError(
+                    f"{arg.split('=')[0]}: unknown config key {'.'.join(walked + [part])!r} in {config_path}; "
+                    f"keys at {where}: {', '.join(sorted(keys)) or '(none: not a section)'}")
+            node = node[part]
+            walked.append(part)
+
+
+def run(main, define_flags, default_config=None):
+    """Defines the flags, parses argv and runs `main(argv)` with the error rules above."""
+    from absl import app, flags
+
+    try:
+        if default_config is not None or any(a.startswith("--config") for a in sys.argv[1:]):
+            check_config_overrides(sys.argv, default_config)
+        define_flags()
+    except UserError as e:
+        die(str(e))
+
+    def parse(argv):
+        try:
+            return flags.FLAGS(argv)
+        except flags.Error as e:
+            die(f"{e}; run with --help for the flags")
+
+    def guarded(argv):
+        try:
+            return main(argv)
+        except UserError as e:
+            die(str(e))
+        except IOError as e:
+            if "Configuration is not available" in str(e):
+                die(f"--config could not be loaded: {e.__cause__ or e}")
+            raise
+
+    app.run(guarded, flags_parser=parse)
+
+
+def config_flag(name="config", default=None, help_text="Config file (a .py with get_config()); "
+                "override keys as --config.train.batch_size=64."):
+    from ml_collections import config_flags
+
+    if default is not None:
+        default = resolve_config_path(default)
+    return config_flags.DEFINE_config_file(name, default, help_text, lock_config=True)
+
+
+def checked_config(holder):
+    """The config of a config flag, with a clear error if the file failed to load."""
+    try:
+        config = holder.value
+        config.keys()
+    except (IOError, OSError) as e:
+        cause = e.__cause__ or e
+        raise ConfigError(f"--config could not be loaded: {cause}") from e
+    if config is None:
+        raise ConfigError("--config is required: a config .py file such as configs/yt8m/late_fusion.py")
+    return config

@@ -1,0 +1,117 @@
+"""bin/train: train a config into a workdir, evaluate it, export it.
+
+With no flags this is the library's main job: it generates the embedded
+default data once (a cache directory), trains the default late-fusion
+YouTube-8M config for a few minutes on CPU, evaluates on the validation
+split beside the label-frequency baseline, exports a SavedModel for TF
+Serving, and prints where everything went.
+
+    bin/train
+    bin/train --config=configs/yt8m/netvlad_cm_concat.py --workdir=runs/nv_cmc \
+        --config.train.batch_size=128 --strategy=mirrored
+    TF_CONFIG='{"cluster": {"worker": ["host1:2222", "host2:2222"]}, "task": {"type": "worker", "index": 0}}' \
+        bin/train --config=... --workdir=... --strategy=multi_worker
+
+Re-running the same command after a crash resumes from the latest checkpoint.
+"""
+import json
+import os
+import sys
+
+from absl import flags, logging
+
+from vt_keras.cli import common
+
+DEFAULT_CONFIG = "configs/yt8m/late_fusion.py"
+FLAGS = flags.FLAGS
+
+
+def define_flags():
+    common.config_flag(default=DEFAULT_CONFIG)
+    flags.DEFINE_string("workdir", None, "Directory for checkpoints, TensorBoard logs, config.json, "
+                        "metrics.json and the export. Default: workdirs/<config file name>.")
+    flags.DEFINE_enum("strategy", "auto", ["auto", "one", "mirrored", "multi_worker"],
+                      "Distribution strategy; auto picks multi_worker from TF_CONFIG, mirrored with "
+                      "several GPUs or --num_cpu_devices>1, else one device.")
+    flags.DEFINE_integer("num_cpu_devices", 0, "Split the CPU into this many logical devices "
+                         "(to run the multi-replica path without GPUs).")
+    flags.DEFINE_bool("export", True, "Export a SavedModel to <workdir>/export after training.")
+    flags.DEFINE_bool("skip_corrupt_records", False, "Skip corrupt TFRecords (and report how many) "
+                      "instead of stopping with the file's name.")
+    flags.DEFINE_bool("baseline", None, "Also print the label-frequency baseline (default: on for the "
+                      "embedded default data).")
+
+
+def default_workdir(config_path):
+    name = os.path.splitext(os.path.basename(config_path.partition(":")[0]))[0]
+    return os.path.join("workdirs", name)
+
+
+def train_one(config, workdir, strategy, log=print):
+    from vt_keras.train import loop
+    from vt_keras.train.strategy import is_chief
+
+    task = loop.build_task(config)
+    results, model = loop.train(config, workdir, strategy=strategy, log=log)
+    export_dir = None
+    if FLAGS.export and is_chief(strategy) and hasattr(task, "export"):
+        try:
+            export_dir = os.path.join(workdir, "export")
+            task.export(model, export_dir)
+        except NotImplementedError:
+            export_dir = None
+    return task, results, export_dir
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise common.ConfigError(f"unexpected arguments {argv[1:]}; flags take the form --name=value")
+    from vt_keras.train import loop, strategy as strategy_lib
+
+    config = common.checked_config(FLAGS["config"])
+    config_path = FLAGS["config"].config_filename
+    workdir = FLAGS.workdir or default_workdir(config_path)
+    strategy = strategy_lib.create_strategy(FLAGS.strategy, FLAGS.num_cpu_devices)
+    if FLAGS.skip_corrupt_records and "data" in config:
+        config.data.skip_corrupt_records = True
+    import vt_keras.tasks  # noqa: F401  (registers the tasks)
+    from vt_keras.train.task import TASKS
+
+    task_cls = TASKS.get(config.get("task", None), key="task")
+    uses_default_data = task_cls.prepare_config(config, log=print)
+    logging.set_verbosity(logging.WARNING)
+
+    sweep = config.get("sweep", None)
+    if sweep:
+        from vt_keras.cli.sweep import run_sweep
+
+        run_sweep(config, workdir, strategy, train_one)
+        return 0
+    task, results, export_dir = train_one(config, workdir, strategy)
+    if not strategy_lib.is_chief(strategy):
+        return 0
+    print()
+    print(f"workdir     {os.path.abspath(workdir)}")
+    print(f"config      {os.path.join(os.path.abspath(workdir), 'config.json')}")
+    print(f"checkpoints {os.path.join(os.path.abspath(workdir), 'checkpoints')}")
+    print(f"tensorboard tensorboard --logdir {os.path.abspath(workdir)}")
+    print(f"metrics     {os.path.join(os.path.abspath(workdir), loop.METRICS_FILE)}")
+    if export_dir:
+        print(f"export      {os.path.abspath(export_dir)}")
+    print()
+    show_baseline = FLAGS.baseline if FLAGS.baseline is not None else uses_default_data
+    baseline = None
+    if show_baseline and hasattr(task, "label_frequency_baseline"):
+        baseline = task.label_frequency_baseline(config.data.train_pattern, config.data.eval_pattern)
+        with open(os.path.join(workdir, "baseline_metrics.json"), "w") as f:
+            json.dump(baseline, f, indent=2, sort_keys=True)
+    print(task.format_results(results, baseline=baseline))
+    return 0
+
+
+def run():
+    common.run(main, define_flags, default_config=DEFAULT_CONFIG)
+
+
+if __name__ == "__main__":
+    sys.exit(run())

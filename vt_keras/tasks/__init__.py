@@ -1,0 +1,5 @@
+"""Tasks the trainer can run, registered by name in `vt_keras.train.task.TASKS`.
+
+Importing this package registers all of them; `config.task` picks one.
+"""
+from vt_keras.tasks import yt8m  # noqa: F401
