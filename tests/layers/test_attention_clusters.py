@@ -10,6 +10,7 @@ from vt_keras.layers.attention_clusters import (
     AttentionClusters,
     CrossModalAttentionClusters,
 )
+from vt_keras.testing import run_layer_test
 
 
 def _np_attention(frames, kernel, mask):
@@ -48,15 +49,13 @@ def _mask(lengths, steps):
 # ---- AttentionClusters ---------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "encoder,units,expected", [(None, None, 4 * 6), ("gru", 5, 4 * 5), ("lstm", None, 4 * 6)]
-)
-def test_output_and_attention_shapes(rng, encoder, units, expected):
-    layer = AttentionClusters(num_clusters=4, encoder=encoder, encoder_units=units)
+def test_output_and_attention_shapes(rng):
     x = rng.normal(size=(3, 7, 6)).astype("float32")
-    out, weights = layer(x, return_attention=True)
-    assert tuple(out.shape) == (3, expected)
-    assert tuple(weights.shape) == (3, 4, 7)
+    for encoder, units, expected in [(None, None, 4 * 6), ("gru", 5, 4 * 5), ("lstm", None, 4 * 6)]:
+        layer = AttentionClusters(num_clusters=4, encoder=encoder, encoder_units=units)
+        out, weights = layer(x, return_attention=True)
+        assert tuple(out.shape) == (3, expected)
+        assert tuple(weights.shape) == (3, 4, 7)
 
 
 def test_values_match_numpy(rng):
@@ -85,19 +84,6 @@ def test_gru_encoder_feeds_attention(rng):
     np.testing.assert_allclose(out, expected, atol=1e-5)
 
 
-@pytest.mark.parametrize("encoder", [None, "gru"])
-def test_masking_invariance(rng, encoder):
-    layer = AttentionClusters(num_clusters=3, encoder=encoder, encoder_units=4)
-    x = rng.normal(size=(2, 5, 4)).astype("float32")
-    mask = _mask([5, 3], 5)
-    junk = rng.normal(size=(2, 4, 4)).astype("float32") * 100.0
-    longer = np.concatenate([x, junk], axis=1)
-    longer_mask = np.concatenate([mask, np.zeros((2, 4), bool)], axis=1)
-    np.testing.assert_allclose(
-        layer(x, mask=mask).numpy(), layer(longer, mask=longer_mask).numpy(), atol=1e-5
-    )
-
-
 def test_fully_padded_video_gives_zeros(rng):
     layer = AttentionClusters(num_clusters=2)
     x = rng.normal(size=(2, 4, 3)).astype("float32")
@@ -117,23 +103,27 @@ def test_mixed_bfloat16_keeps_softmax_in_float32(rng):
     np.testing.assert_allclose(np.sum(weights.numpy(), axis=-1), 1.0, atol=1e-6)
 
 
-def test_config_round_trip():
-    layer = AttentionClusters(num_clusters=5, encoder="lstm", encoder_units=7, name="ac")
-    clone = AttentionClusters.from_config(layer.get_config())
-    assert clone.get_config() == layer.get_config()
+def test_layer_contract(rng):
+    # Masking invariance with a GRU: padded frames must not reach its state.
+    x = rng.normal(size=(2, 5, 4)).astype("float32")
+    run_layer_test(
+        AttentionClusters,
+        {"num_clusters": 3, "encoder": "gru", "encoder_units": 6},
+        x,
+        mask=_mask([5, 3], 5),
+        expected_output_shape=(2, 3 * 6),
+        run_masking_invariance=True,
+    )
 
 
-@pytest.mark.parametrize(
-    "kwargs,message",
-    [
+def test_bad_arguments_raise_config_error():
+    for kwargs, message in [
         ({"num_clusters": 0}, "num_clusters must be a positive int; got 0"),
         ({"encoder": "rnn"}, "encoder must be None, 'gru' or 'lstm'; got 'rnn'"),
-        ({"encoder_units": 2.5}, "encoder_units must be a positive int or None"),
-    ],
-)
-def test_bad_arguments_raise_config_error(kwargs, message):
-    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
-        AttentionClusters(**kwargs)
+        ({"encoder_units": 2.5}, "encoder_units must be a positive int or None; got 2.5"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            AttentionClusters(**kwargs)
 
 
 # ---- CrossModalAttentionClusters -----------------------------------------
@@ -213,33 +203,34 @@ def test_gradient_reaches_transform(rng, transform):
     assert sum(np.abs(g).sum() for g in closed_grads) == 0.0
 
 
-@pytest.mark.parametrize("shift", [1, 2, -2])
-def test_conv_transform_can_shift_attention_in_time(rng, shift):
+def test_conv_transform_can_shift_attention_in_time(rng):
     clusters, steps, size = 2, 9, 5
     layer = CrossModalAttentionClusters(
         video_clusters=clusters, audio_clusters=clusters, transform_kernel_size=size
     )
     video, audio, _ = _pair(rng, steps=steps, lengths=(steps, steps))
     layer.build((video.shape, audio.shape))
-    # out[t] = x[t + j - 2], so tap j = 2 - shift delays audio by `shift` frames.
-    kernel = np.zeros((size, clusters, clusters), "float32")
-    kernel[(size - 1) // 2 - shift] = np.eye(clusters)
-    layer.audio_to_video.set_weights([kernel, np.zeros(clusters, "float32")])
-    _, (weights_v, _) = layer((video, audio), return_attention=True)
     _, alpha_v = layer.video_attention(video, return_attention=True)
     _, alpha_a = layer.audio_attention(audio, return_attention=True)
-    cross = (weights_v - alpha_v).numpy()
-    expected = np.zeros_like(cross)
-    if shift > 0:
-        expected[:, :, shift:] = alpha_a.numpy()[:, :, :-shift]
-    else:
-        expected[:, :, :shift] = alpha_a.numpy()[:, :, -shift:]
-    np.testing.assert_allclose(cross, expected, atol=1e-6)
+    alpha_a = alpha_a.numpy()
+    for shift in (1, 2, -2):
+        # out[t] = x[t + j - 2], so tap j = 2 - shift delays audio by `shift` frames.
+        kernel = np.zeros((size, clusters, clusters), "float32")
+        kernel[(size - 1) // 2 - shift] = np.eye(clusters)
+        layer.audio_to_video.set_weights([kernel, np.zeros(clusters, "float32")])
+        _, (weights_v, _) = layer((video, audio), return_attention=True)
+        cross = (weights_v - alpha_v).numpy()
+        expected = np.zeros_like(cross)
+        if shift > 0:
+            expected[:, :, shift:] = alpha_a[:, :, :-shift]
+        else:
+            expected[:, :, :shift] = alpha_a[:, :, -shift:]
+        np.testing.assert_allclose(cross, expected, atol=1e-6, err_msg=f"shift {shift}")
 
 
-@pytest.mark.parametrize("transform", ["conv", "dense"])
-def test_cross_modal_masking_invariance(rng, transform):
-    layer = CrossModalAttentionClusters(video_clusters=3, audio_clusters=2, transform=transform)
+def test_dense_transform_masking_invariance(rng):
+    # The "conv" transform is checked by run_layer_test in the contract test.
+    layer = CrossModalAttentionClusters(video_clusters=3, audio_clusters=2, transform="dense")
     video, audio, mask = _pair(rng, lengths=(6, 3))
     extra = 4
 
@@ -274,3 +265,17 @@ def test_mismatched_time_axes_raise_data_error(rng):
 def test_bad_transform_raises_config_error():
     with pytest.raises(ConfigError, match="transform must be 'conv' or 'dense'; got 'fft'"):
         CrossModalAttentionClusters(transform="fft")
+
+
+def test_cross_modal_layer_contract(rng):
+    video, audio, mask = _pair(rng, lengths=(6, 3))
+    run_layer_test(
+        CrossModalAttentionClusters,
+        {"video_clusters": 3, "audio_clusters": 2, "transform": "conv",
+         "transform_kernel_size": 3},
+        (video, audio),
+        mask=(mask, mask),
+        call_kwargs={"correlation": np.array([[1.0], [0.7]], "float32")},
+        expected_output_shape=(2, 3 * 5 + 2 * 3),
+        run_masking_invariance=True,
+    )
