@@ -1,0 +1,265 @@
+"""Tests of the YouTube-8M metrics against worked values and a brute-force re-derivation."""
+import itertools
+
+import numpy as np
+import pytest
+
+from vt_keras.errors import ConfigError, DataError
+from vt_keras.metrics.yt8m import (
+    YT8MMetrics,
+    average_precision,
+    format_table,
+    gap,
+    hit_at_one,
+    mean_average_precision,
+    perr,
+)
+
+# REFERENCE.md section 2.
+P = np.array([[0.9, 0.1, 0.5, 0.3], [0.2, 0.8, 0.7, 0.1], [0.6, 0.4, 0.3, 0.95]])
+Y = np.array([[1, 0, 1, 0], [0, 0, 1, 0], [0, 1, 0, 0]])
+
+
+# --- brute force: plain Python loops over sorted lists, the documented tie rule ---
+
+def bf_order(scores, labels):
+    """Indices best first: descending score, negatives before positives, lower index."""
+    return sorted(range(len(scores)), key=lambda j: (-scores[j], bool(labels[j]), j))
+
+
+def bf_ap(pairs, num_positives):
+    if num_positives == 0:
+        return 0.0
+    pairs = sorted(pairs, key=lambda p: (-p[0], bool(p[1])))
+    total, hits = 0.0, 0
+    for rank, (_, y) in enumerate(pairs, start=1):
+        if y:
+            hits += 1
+            total += hits / rank
+    return total / num_positives
+
+
+def bf_metrics(p, y, k, filter_empty=True):
+    n, c = p.shape
+    hit, prec, pooled, per_class = [], [], [], [[] for _ in range(c)]
+    for i in range(n):
+        order = bf_order(p[i], y[i])
+        hit.append(float(y[i][order[0]]))
+        num = int(y[i].sum())
+        prec.append(sum(1 for j in order[:num] if y[i][j] and p[i][j] > 0) / num if num else 0.0)
+        for j in order[:k]:
+            pooled.append((p[i][j], y[i][j]))
+            per_class[j].append((p[i][j], y[i][j]))
+    totals = y.sum(axis=0)
+    aps = [bf_ap(per_class[j], totals[j]) for j in range(c)]
+    if filter_empty:
+        kept = [a for a, t in zip(aps, totals) if t > 0]
+        m = sum(kept) / len(kept) if kept else 0.0
+    else:
+        m = sum(aps) / c
+    return {"hit_at_one": np.mean(hit), "perr": np.mean(prec),
+            "gap": bf_ap(pooled, int(y.sum())), "map": m}
+
+
+def random_case(rng, n, c, levels=8, density=0.15):
+    """Scores on a coarse grid (many ties) and sparse labels, some rows empty."""
+    p = rng.integers(0, levels, size=(n, c)) / levels
+    y = (rng.random((n, c)) < density).astype(np.int64)
+    y[rng.random(n) < 0.2] = 0
+    return p, y
+
+
+# --- worked values ---
+
+def test_worked_example():
+    assert hit_at_one(P, Y) == pytest.approx(1 / 3)
+    assert perr(P, Y) == pytest.approx(1 / 3)
+    assert gap(P, Y, top_k=20) == pytest.approx(29 / 56)
+    assert gap(P, Y, top_k=1) == pytest.approx(0.125)
+    assert gap(P, Y, top_k=2) == pytest.approx(0.375)
+    assert mean_average_precision(P, Y, top_k=2) == pytest.approx(2 / 3)
+    assert mean_average_precision(P, Y, top_k=2, filter_empty_classes=False) == pytest.approx(0.5)
+
+
+def test_average_precision_worked_value():
+    scores = [0.98, 0.88, 0.77, 0.65, 0.64, 0.59, 0.45, 0.43, 0.20, 0.05]
+    labels = [1, 1, 0, 0, 0, 1, 1, 0, 0, 1]
+    assert average_precision(scores, labels) == pytest.approx(0.7142857, abs=1e-7)
+    # A larger denominator (positives cut off the list) scales the AP down.
+    assert average_precision(scores, labels, num_positives=10) == pytest.approx(0.7142857 / 2, abs=1e-7)
+    assert average_precision(scores, np.zeros(10)) == 0.0
+
+
+def test_k_larger_than_classes_uses_all_classes():
+    assert gap(P, Y, top_k=1000) == gap(P, Y, top_k=4)
+    assert mean_average_precision(P, Y, top_k=1000) == mean_average_precision(P, Y, top_k=4)
+
+
+# --- ties ---
+
+def test_ties_are_pessimistic_and_equal_the_worst_shuffle():
+    scores = np.array([0.7, 0.5, 0.5, 0.5, 0.2, 0.2])
+    labels = np.array([0, 1, 0, 1, 1, 0])
+    # The starter code sorts a shuffled list stably by score; enumerate all
+    # shuffles: ours must equal the smallest AP any of them can give.
+    worst = min(
+        _stable_sorted_ap(scores[list(perm)], labels[list(perm)])
+        for perm in itertools.permutations(range(6))
+    )
+    assert average_precision(scores, labels) == pytest.approx(worst)
+    assert average_precision([0.5] * 4, [1, 0, 1, 0]) == pytest.approx((1 / 3 + 2 / 4) / 2)
+
+
+def _stable_sorted_ap(scores, labels):
+    order = sorted(range(len(scores)), key=lambda j: -scores[j])
+    hits, total = 0, 0.0
+    for rank, j in enumerate(order, start=1):
+        if labels[j]:
+            hits += 1
+            total += hits / rank
+    return total / labels.sum()
+
+
+def test_ties_at_top_and_at_the_top_k_boundary():
+    p = np.array([[0.5, 0.5, 0.5, 0.1], [0.9, 0.9, 0.2, 0.2]])
+    y = np.array([[1, 0, 0, 1], [1, 0, 0, 0]])
+    # Row 0: a negative ties the positive at the top; row 1 likewise.
+    assert hit_at_one(p, y) == 0.0
+    # k = 2 keeps the two tied negatives of row 0, so no positive of row 0 is pooled.
+    assert gap(p, y, top_k=2) == pytest.approx(bf_metrics(p, y, 2)["gap"])
+    assert gap(p, y, top_k=2) == pytest.approx((1 / 2) / 3)
+
+
+def test_order_of_videos_and_classes_does_not_matter_with_ties(rng):
+    p, y = random_case(rng, 30, 7, levels=3)
+    rows, cols = rng.permutation(30), rng.permutation(7)
+    shuffled_p, shuffled_y = p[rows][:, cols], y[rows][:, cols]
+    assert hit_at_one(p, y) == pytest.approx(hit_at_one(p[rows], y[rows]))
+    assert perr(p, y) == pytest.approx(perr(p[rows], y[rows]))
+    assert gap(p, y, top_k=7) == pytest.approx(gap(shuffled_p, shuffled_y, top_k=7))
+    assert mean_average_precision(p, y, 7) == pytest.approx(mean_average_precision(shuffled_p, shuffled_y, 7))
+
+
+# --- edge cases and brute force ---
+
+def test_empty_label_rows():
+    p = np.array([[0.9, 0.1], [0.3, 0.6]])
+    y = np.array([[1, 0], [0, 0]])
+    assert perr(p, y) == 0.5  # the empty row scores 0 and still counts
+    assert gap(p, np.zeros_like(y)) == 0.0
+    assert mean_average_precision(p, np.zeros_like(y)) == 0.0
+    assert perr(p, np.zeros_like(y)) == 0.0
+
+
+def test_perr_ignores_non_positive_scores():
+    assert perr([[-0.1, -0.5, -0.9]], [[1, 0, 0]]) == 0.0
+
+
+@pytest.mark.parametrize("k", [1, 3, 20])
+def test_against_brute_force(rng, k):
+    for _ in range(3):
+        p, y = random_case(rng, 25, 9)
+        want = bf_metrics(p, y, k)
+        assert hit_at_one(p, y) == pytest.approx(want["hit_at_one"], abs=1e-12)
+        assert perr(p, y) == pytest.approx(want["perr"], abs=1e-12)
+        assert gap(p, y, top_k=k) == pytest.approx(want["gap"], abs=1e-12)
+        assert mean_average_precision(p, y, top_k=k) == pytest.approx(want["map"], abs=1e-12)
+        tf2 = bf_metrics(p, y, k, filter_empty=False)["map"]
+        assert mean_average_precision(p, y, k, filter_empty_classes=False) == pytest.approx(tf2, abs=1e-12)
+
+
+def test_continuous_scores_against_brute_force(rng):
+    p, y = rng.random((40, 12)).astype(np.float32), (rng.random((40, 12)) < 0.2).astype(int)
+    want = bf_metrics(p, y, 5)
+    assert gap(p, y, top_k=5) == pytest.approx(want["gap"], abs=1e-12)
+    assert mean_average_precision(p, y, top_k=5) == pytest.approx(want["map"], abs=1e-12)
+
+
+# --- the accumulator ---
+
+def test_accumulator_equals_functions_on_concatenated_batches(rng):
+    metrics = YT8MMetrics(num_classes=11, top_k=4)
+    batches = [random_case(rng, n, 11) for n in (1, 7, 16, 3, 30)]
+    for p, y in batches:
+        metrics.update(p, y)
+    p = np.concatenate([b[0] for b in batches])
+    y = np.concatenate([b[1] for b in batches])
+    got = metrics.result()
+    assert got["hit_at_one"] == hit_at_one(p, y)
+    assert got["perr"] == perr(p, y)
+    assert got["gap"] == gap(p, y, top_k=4)
+    assert got["map"] == mean_average_precision(p, y, top_k=4)
+    assert got["num_videos"] == 57
+    for name in ("hit_at_one", "perr", "gap", "map"):
+        assert got[name + "_error"] == pytest.approx(100 - 100 * got[name])
+    # Memory: only top-k triples per video are kept.
+    assert sum(a.size for a in metrics._overall.scores) == 57 * 4
+    metrics.reset()
+    with pytest.raises(DataError, match="at least one video"):
+        metrics.result()
+
+
+def bf_level(p, y, classes, k):
+    """Brute-force per-level metrics: slice classes, drop videos with nothing at the level."""
+    keep = []
+    for i in range(p.shape[0]):
+        top = bf_order(p[i], y[i])[:k]
+        if any(j in classes for j in top) or any(y[i][j] for j in classes):
+            keep.append(i)
+    sub_p, sub_y = p[keep][:, classes], y[keep][:, classes]
+    return bf_metrics(sub_p, sub_y, k), len(keep)
+
+
+def test_per_level_against_brute_force(rng):
+    levels = np.array([0, 0, 1, 1, 1, 2, 3, 3, -1, 2])
+    metrics = YT8MMetrics(num_classes=10, top_k=3, taxonomy=levels)
+    batches = [random_case(rng, n, 10, density=0.1) for n in (9, 14, 5)]
+    for p, y in batches:
+        metrics.update(p, y)
+    p = np.concatenate([b[0] for b in batches])
+    y = np.concatenate([b[1] for b in batches])
+    got = metrics.result()
+    for lvl in range(4):
+        want, count = bf_level(p, y, list(np.flatnonzero(levels == lvl)), 3)
+        assert got[f"level_{lvl}/num_videos"] == count
+        for name, value in want.items():
+            assert got[f"level_{lvl}/{name}"] == pytest.approx(value, abs=1e-12), (lvl, name)
+    assert 0 < got["level_3/num_videos"] < p.shape[0]  # the filter did leave videos out
+    # The mapping form of the same taxonomy gives the same numbers.
+    mapped = YT8MMetrics(10, top_k=3, taxonomy={l: np.flatnonzero(levels == l) for l in range(4)})
+    for b in batches:
+        mapped.update(*b)
+    assert mapped.result() == got
+
+
+def test_format_table_lists_metrics_and_error_rates():
+    metrics = YT8MMetrics(num_classes=4, top_k=20, taxonomy=[0, 0, 1, 1])
+    metrics.update(P, Y)
+    table = format_table(metrics.result())
+    lines = table.splitlines()
+    assert "Hit@1" in lines[0] and "GAP err" in lines[0]
+    overall = next(line for line in lines if line.startswith("overall"))
+    assert "33.33" in overall and "51.79" in overall and "66.67" in overall and "48.21" in overall
+    assert any(line.startswith("level 0") for line in lines)
+    assert any(line.startswith("level 1") for line in lines)
+
+
+# --- user errors ---
+
+def test_errors_name_the_problem():
+    with pytest.raises(DataError, match="shape of predictions"):
+        gap(P, Y[:, :3])
+    with pytest.raises(DataError, match="0/1"):
+        perr(P, Y * 2)
+    with pytest.raises(DataError, match="finite"):
+        hit_at_one(np.full((1, 2), np.nan), [[1, 0]])
+    with pytest.raises(ConfigError, match="top_k"):
+        gap(P, Y, top_k=0)
+    with pytest.raises(ConfigError, match="taxonomy"):
+        YT8MMetrics(4, taxonomy=[0, 1])
+    with pytest.raises(ConfigError, match="outside"):
+        YT8MMetrics(4, taxonomy={0: [1, 7]})
+    with pytest.raises(DataError, match="num_classes=5"):
+        YT8MMetrics(5).update(P, Y)
+    with pytest.raises(DataError, match="num_positives"):
+        average_precision([0.1, 0.2], [1, 1], num_positives=1)
