@@ -1,1 +1,3 @@
 """vt_keras.layers."""
+from vt_keras.layers.heads import ContextGating, MixtureOfExperts  # noqa: F401
+from vt_keras.layers.pooling import FramePooling  # noqa: F401
