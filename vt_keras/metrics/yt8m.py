@@ -53,7 +53,7 @@ def _top_k(scores, labels, k):
     if k == c:
         idx = np.broadcast_to(np.arange(c), (n, c))
     else:
-        idx = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        idx = np.argpartition(scores, c - k, axis=1)[:, c - k:]
         kth = np.take_along_axis(scores, idx, 1).min(axis=1)
         # Only rows with ties at the k-th score have a choice to make; only
         # those pay for a full sort under the tie rule.
@@ -68,22 +68,16 @@ def _top_k(scores, labels, k):
     return tuple(np.take_along_axis(a, order, 1) for a in (idx, top_scores, top_labels))
 
 
-def _video_hits(predictions, labels):
-    """Per video: 1.0 where the top-ranked class is a positive."""
-    _, _, top_labels = _top_k(predictions, labels, 1)
-    return top_labels[:, 0].astype(np.float64)
-
-
-def _video_perr(predictions, labels):
-    """Per video: precision of the top-K_i classes, K_i = its positives."""
+def _video_stats(predictions, labels, k):
+    """Top-k triples with per-video Hit@1 and PERR, all from one partial sort."""
     num_pos = labels.sum(axis=1)
-    k_max = int(num_pos.max()) if num_pos.size else 0
-    if k_max == 0:
-        return np.zeros(labels.shape[0])
-    _, top_scores, top_labels = _top_k(predictions, labels, k_max)
-    within = np.arange(k_max)[None, :] < num_pos[:, None]
-    hits = np.count_nonzero(top_labels & (top_scores > 0) & within, axis=1)
-    return np.where(num_pos > 0, hits / np.maximum(num_pos, 1), 0.0)
+    # PERR of a video with K positives needs its top K: sort once, deep enough for all.
+    classes, scores, top_labels = _top_k(predictions, labels, max(k, int(num_pos.max(initial=0))))
+    hits = top_labels[:, 0].astype(np.float64)
+    within = np.arange(classes.shape[1])[None, :] < num_pos[:, None]
+    found = np.count_nonzero(top_labels & (scores > 0) & within, axis=1)
+    perrs = np.where(num_pos > 0, found / np.maximum(num_pos, 1), 0.0)
+    return classes[:, :k], scores[:, :k], top_labels[:, :k], hits, perrs
 
 
 def _pooled_ap(scores, labels, num_positives):
@@ -127,7 +121,7 @@ def hit_at_one(predictions, labels):
         0.5
     """
     predictions, labels = _check_inputs(predictions, labels, "hit_at_one")
-    return float(np.mean(_video_hits(predictions, labels)))
+    return float(np.mean(_video_stats(predictions, labels, 1)[3]))
 
 
 def perr(predictions, labels):
@@ -146,7 +140,7 @@ def perr(predictions, labels):
         0.5
     """
     predictions, labels = _check_inputs(predictions, labels, "perr")
-    return float(np.mean(_video_perr(predictions, labels)))
+    return float(np.mean(_video_stats(predictions, labels, 1)[4]))
 
 
 def average_precision(scores, labels, num_positives=None):
@@ -266,9 +260,9 @@ class _Stream:
         self.class_positives = np.zeros(num_classes, np.int64)
 
     def update(self, predictions, labels):
-        classes, scores, top_labels = _top_k(predictions, labels, self.top_k)
-        self.hits.append(_video_hits(predictions, labels))
-        self.perrs.append(_video_perr(predictions, labels))
+        classes, scores, top_labels, hits, perrs = _video_stats(predictions, labels, self.top_k)
+        self.hits.append(hits)
+        self.perrs.append(perrs)
         self.classes.append(classes.astype(np.int32).ravel())
         self.scores.append(scores.ravel())
         self.labels.append(top_labels.ravel())
@@ -350,7 +344,8 @@ class YT8MMetrics:
         for lvl, ids in self._levels.items():
             keep = self._in_level[lvl][top_classes].any(axis=1) | labels[:, ids].any(axis=1)
             if keep.any():
-                self._per_level[lvl].update(predictions[keep][:, ids], labels[keep][:, ids])
+                grid = np.ix_(np.flatnonzero(keep), ids)
+                self._per_level[lvl].update(predictions[grid], labels[grid])
 
     def result(self):
         """The metrics so far as a dict of floats (see the class docstring)."""
