@@ -10,6 +10,7 @@ HERE = pathlib.Path(__file__).parent
 INSTALL_REQUIRES = [
     "tensorflow==2.21.0",
     "tensorflow-text==2.21.1",
+    "tensorboard==2.21.0",  # tf.summary needs it; TensorFlow 2.21 no longer pulls it in
     "keras==3.15.1",
     "absl-py==2.5.1",
     "ml-collections==1.1.0",

@@ -166,7 +166,8 @@ def build_video_classifier(model_cfg, features, num_classes, max_frames):
     hidden = model_cfg.get("hidden_size", 0)
     if hidden:
         x = keras.layers.Dense(hidden, name="hidden")(x)
-        x = keras.layers.BatchNormalization(name="hidden_bn")(x)
+        # Synchronized so that N replicas normalise like one device on the global batch.
+        x = keras.layers.BatchNormalization(synchronized=True, name="hidden_bn")(x)
         x = keras.layers.ReLU(name="hidden_relu")(x)
     if model_cfg.get("dropout", 0.0):
         x = keras.layers.Dropout(model_cfg.dropout, name="dropout")(x)

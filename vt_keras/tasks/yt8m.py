@@ -133,7 +133,7 @@ class YT8MClassification(Task):
         from vt_keras.metrics.yt8m import YT8MMetrics
 
         top_k = int(self.config.get("eval", {}).get("top_k", 20))
-        acc = YT8MMetrics(self.num_classes, top_k=top_k, levels=self.taxonomy_levels(pattern))
+        acc = YT8MMetrics(self.num_classes, top_k=top_k, taxonomy=self.taxonomy_levels(pattern))
         for _, probs, labels in self.predict(model, pattern):
             acc.update(probs, labels)
         return {k: float(v) for k, v in acc.result().items()}

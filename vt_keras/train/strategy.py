@@ -64,19 +64,19 @@ def create_strategy(name="auto", num_cpu_devices=0):
     if name == "auto":
         if cluster_size() > 1:
             name = "multi_worker"
-        elif len(tf.config.list_logical_devices("GPU")) > 1 or num_cpu_devices > 1:
+        elif num_cpu_devices > 1 or len(tf.config.list_physical_devices("GPU")) > 1:
             name = "mirrored"
         else:
             name = "one"
-    gpus = tf.config.list_logical_devices("GPU")
-    if name == "one":
-        device = gpus[0].name if gpus else "/cpu:0"
-        return tf.distribute.OneDeviceStrategy(device)
-    if name == "mirrored":
+    if name != "multi_worker":
+        # Listing logical devices initialises the runtime, which must not happen
+        # before MultiWorkerMirroredStrategy configures collective ops.
+        gpus = tf.config.list_logical_devices("GPU")
+        if name == "one":
+            return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else "/cpu:0")
         if gpus:
             return tf.distribute.MirroredStrategy()
-        cpus = [d.name for d in tf.config.list_logical_devices("CPU")]
-        return tf.distribute.MirroredStrategy(cpus)
+        return tf.distribute.MirroredStrategy([d.name for d in tf.config.list_logical_devices("CPU")])
     tfc = _tf_config()
     if not tfc.get("cluster"):
         raise ConfigError("--strategy=multi_worker needs TF_CONFIG with a cluster and a task; "
