@@ -291,10 +291,11 @@ class YT8MMetrics:
     `mean_average_precision` on the concatenated batches, keeping only each
     video's top-k (class, score, label) as numpy arrays: O(num_videos * top_k).
 
-    Per level (Goyal et al., Sec. 5): the metrics of level `l` are those of
+    Per level (Goyal et al., Sec. 5.2): the metrics of level `l` are those of
     the predictions and labels restricted to the classes of `l`, over the
     videos that have a ground-truth label of `l` or a class of `l` among
-    their overall top-k predictions; the other videos are left out.
+    their overall top-k predictions; the other videos are left out. (The
+    paper does not define "prediction"; the overall top-k is our reading.)
 
     Args:
         num_classes: number of classes C.
