@@ -2,3 +2,12 @@
 from vt_keras.layers.heads import ContextGating, MixtureOfExperts  # noqa: F401
 from vt_keras.layers.pooling import FramePooling  # noqa: F401
 from vt_keras.layers.netvlad import CrossModalNetVLAD, NetVLAD  # noqa: F401
+from vt_keras.layers.attention_clusters import (  # noqa: F401
+    AttentionClusters,
+    CrossModalAttentionClusters,
+)
+from vt_keras.layers.cross_modal_attention import (  # noqa: F401
+    CrossModalMultiHeadAttention,
+    CrossModalTransformerEncoder,
+    TransformerEncoder,
+)

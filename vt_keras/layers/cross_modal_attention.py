@@ -1,0 +1,400 @@
+"""Cross-modal multi-head attention (Goyal et al. 2020) and Transformer encoders.
+
+`CrossModalTransformerEncoder` stacks `CrossModalMultiHeadAttention` into
+post-norm layers and pools each modality; `TransformerEncoder` is the same
+encoder for one stream (the early- and late-fusion baselines).
+"""
+import math
+
+import keras
+from keras import ops
+
+from vt_keras.errors import ConfigError, DataError
+from vt_keras.layers.attention_clusters import _check_positive_int, _correlation_gate, _split_pair
+from vt_keras.layers.pooling import FramePooling
+
+_TRANSFORMS = ("conv", "dense")
+_POOLINGS = ("mean", "max", "mean_max")
+_MASK_LOGIT = -1e9  # finite: an all-padded row stays NaN-free
+_MHA_ARGS = ("num_heads", "key_dim", "value_dim", "transform", "transform_kernel_size", "dropout")
+_ENCODER_ARGS = ("num_layers", "num_heads", "key_dim", "intermediate_dim", "dropout", "pooling")
+
+
+def _check_dropout(dropout):
+    if not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
+        raise ConfigError(f"dropout must be a float in [0, 1); got {dropout!r}")
+
+
+def _masked_softmax(logits, key_mask):
+    """Softmax over keys of float32 `[B, Tq, Tk, H]` logits, padded keys removed."""
+    if key_mask is not None:
+        key_mask = ops.cast(key_mask, "bool")[:, None, :, None]
+        logits = ops.where(key_mask, logits, _MASK_LOGIT)
+    return ops.softmax(logits, axis=2)
+
+
+class _Heads(keras.layers.Layer):
+    """The query, key, value and output projections of one modality's heads."""
+
+    def __init__(self, num_heads, key_dim, value_dim, **kwargs):
+        super().__init__(**kwargs)
+        self.num_heads, self.key_dim, self.value_dim = num_heads, key_dim, value_dim
+
+        def projection(dim, name):
+            return keras.layers.EinsumDense("btd,dhk->bthk", output_shape=(None, num_heads, dim),
+                                            bias_axes="hk", dtype=self.dtype_policy, name=name)
+
+        self.query_dense = projection(key_dim, "query")
+        self.key_dense = projection(key_dim, "key")
+        self.value_dense = projection(value_dim, "value")
+
+    def build(self, input_shape):
+        for dense in (self.query_dense, self.key_dense, self.value_dense):
+            dense.build(input_shape)
+        self.output_dense = keras.layers.EinsumDense(
+            "bthk,hkd->btd", output_shape=(None, input_shape[-1]), bias_axes="d",
+            dtype=self.dtype_policy, name="attention_output")
+        self.output_dense.build((None, None, self.num_heads, self.value_dim))
+        self.built = True
+
+    def call(self, inputs):
+        """Scaled float32 logits `[B, Tq, Tk, H]` and values `[B, T, H, dv]`."""
+        query = ops.cast(self.query_dense(inputs), "float32") / math.sqrt(self.key_dim)
+        key = ops.cast(self.key_dense(inputs), "float32")
+        return ops.einsum("bqhk,bthk->bqth", query, key), self.value_dense(inputs)
+
+    def combine(self, probs, value):
+        """Attention-weighted values, projected back to the input size."""
+        mixed = ops.einsum("bqth,bthk->bqhk", ops.cast(probs, value.dtype), value)
+        return self.output_dense(mixed)
+
+
+@keras.saving.register_keras_serializable(package="vt_keras")
+class CrossModalMultiHeadAttention(keras.layers.Layer):
+    """Multi-head self-attention per modality, each steered by the other's logits.
+
+    Head i of the video stream computes
+
+        softmax_t(L_v,i + g · F_a,i(L_a,i)) · V_v W^V_iv,
+        L_m,i = Q_m W^Q_im (K_m W^K_im)^T / sqrt(key_dim),
+
+    and the audio stream symmetrically, where g is the optional correlation
+    (CM-G; 1 when not given) and F a learned transform followed by a ReLU,
+    applied to the other modality's logits per head:
+
+    - `transform="conv"`: a per-head (depthwise) 2-D convolution of the
+      `[T, T]` logit map, `padding="same"`. A kernel with a single 1 at offset
+      (s, s) from its centre moves the map s frames along both time axes, so F
+      can express a lead or lag of up to `transform_kernel_size // 2` frames.
+    - `transform="dense"`: a per-head affine map `w_i · L + b_i` (no shift).
+
+    The other modality's logits are zeroed on its padded frames before F, so
+    padding never leaks through F; padded keys are removed before every
+    softmax (float32). The paper writes the audio term with the video key
+    projection; it is audio self-attention, so the audio key projection is
+    used. The modalities share the time axis (YouTube-8M frames are
+    synchronous). With `g = 0` each stream is plain multi-head self-attention.
+
+    Args:
+        num_heads: attention heads per modality.
+        key_dim: size of each head's queries and keys.
+        value_dim: size of each head's values; None uses `key_dim`.
+        transform: "conv" or "dense", the form of F (see above).
+        transform_kernel_size: kernel size of the "conv" transform.
+        dropout: dropout rate on the attention probabilities.
+        **kwargs: standard `keras.layers.Layer` arguments.
+
+    Call arguments:
+        inputs: `(video [B, T, Dv], audio [B, T, Da])`.
+        mask: optional `(video_mask, audio_mask)`, each `[B, T]` bool or None.
+        correlation: optional `[B]` or `[B, 1]` gate on the cross-modal terms.
+        return_attention_scores: if True, also return the float32
+            probabilities `(video [B, H, T, T], audio [B, H, T, T])`.
+        training: enables dropout.
+
+    Returns:
+        `(video_out [B, T, Dv], audio_out [B, T, Da])`; the input masks are
+        carried over.
+
+    Example:
+    >>> mha = CrossModalMultiHeadAttention(num_heads=2, key_dim=8)
+    >>> video, audio = np.zeros((2, 10, 16), "f"), np.zeros((2, 10, 4), "f")
+    >>> [tuple(t.shape) for t in mha((video, audio))]
+    [(2, 10, 16), (2, 10, 4)]
+
+    Reference: Goyal et al., "Cross-modal Learning for Multi-modal Video
+    Categorization", 2020; Vaswani et al., "Attention Is All You Need", 2017.
+    """
+
+    def __init__(self, num_heads=4, key_dim=64, value_dim=None, transform="conv",
+                 transform_kernel_size=3, dropout=0.0, **kwargs):
+        super().__init__(**kwargs)
+        for name, value in (("num_heads", num_heads), ("key_dim", key_dim),
+                            ("transform_kernel_size", transform_kernel_size)):
+            _check_positive_int(name, value)
+        _check_positive_int("value_dim", value_dim, allow_none=True)
+        if transform not in _TRANSFORMS:
+            raise ConfigError(f"transform must be 'conv' or 'dense'; got {transform!r}")
+        _check_dropout(dropout)
+        self.num_heads, self.key_dim, self.value_dim = num_heads, key_dim, value_dim
+        self.transform, self.transform_kernel_size = transform, transform_kernel_size
+        self.dropout = dropout
+        self.supports_masking = True
+
+        heads = (num_heads, key_dim, value_dim or key_dim)
+        self.video_heads = _Heads(*heads, dtype=self.dtype_policy, name="video_heads")
+        self.audio_heads = _Heads(*heads, dtype=self.dtype_policy, name="audio_heads")
+        size = transform_kernel_size if transform == "conv" else 1
+
+        self.audio_to_video, self.video_to_audio = (
+            keras.layers.DepthwiseConv2D(size, padding="same", dtype=self.dtype_policy, name=name)
+            for name in ("audio_to_video", "video_to_audio"))
+        self.probs_dropout = keras.layers.Dropout(dropout, dtype=self.dtype_policy)
+
+    def build(self, input_shape):
+        video_shape, audio_shape = _split_pair(input_shape, f"{self.name} inputs")
+        if None not in (video_shape[1], audio_shape[1]) and video_shape[1] != audio_shape[1]:
+            raise DataError(f"{self.name} expects video and audio on one time axis; got "
+                            f"{video_shape[1]} video and {audio_shape[1]} audio frames")
+        self.video_heads.build(video_shape)
+        self.audio_heads.build(audio_shape)
+        for transform in (self.audio_to_video, self.video_to_audio):
+            transform.build((None, None, None, self.num_heads))
+        self.built = True
+
+    def _cross_term(self, transform, other_logits, other_mask):
+        """ReLU(F(L_other)), float32 `[B, Tq, Tk, H]`."""
+        if other_mask is not None:
+            valid = ops.cast(other_mask, "bool")
+            pairs = ops.logical_and(valid[:, :, None, None], valid[:, None, :, None])
+            other_logits = ops.where(pairs, other_logits, 0.0)
+        return ops.relu(ops.cast(transform(other_logits), "float32"))
+
+    def call(self, inputs, mask=None, correlation=None, return_attention_scores=False,
+             training=None):
+        video, audio = _split_pair(inputs, f"{self.name} inputs")
+        video_mask, audio_mask = _split_pair(mask, f"{self.name} mask")
+        logits_v, value_v = self.video_heads(video)
+        logits_a, value_a = self.audio_heads(audio)
+        cross_v = self._cross_term(self.audio_to_video, logits_a, audio_mask)
+        cross_a = self._cross_term(self.video_to_audio, logits_v, video_mask)
+        if correlation is not None:
+            gate = _correlation_gate(correlation, 4)
+            cross_v, cross_a = cross_v * gate, cross_a * gate
+        probs_v = _masked_softmax(logits_v + cross_v, video_mask)
+        probs_a = _masked_softmax(logits_a + cross_a, audio_mask)
+        out_v = self.video_heads.combine(self.probs_dropout(probs_v, training=training), value_v)
+        out_a = self.audio_heads.combine(self.probs_dropout(probs_a, training=training), value_a)
+        if return_attention_scores:
+            scores = tuple(ops.transpose(p, (0, 3, 1, 2)) for p in (probs_v, probs_a))
+            return out_v, out_a, scores
+        return out_v, out_a
+
+    def compute_mask(self, inputs, mask=None):
+        return mask
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({name: getattr(self, name) for name in _MHA_ARGS})
+        return config
+
+
+class _PostNormBlock(keras.layers.Layer):
+    """The rest of one post-norm Transformer layer on one stream (Vaswani et al.).
+
+    `x = LN(inputs + dropout(attention_output))`, then `LN(x + dropout(W2 ReLU(W1 x)))`.
+    """
+
+    def __init__(self, intermediate_dim, dropout, **kwargs):
+        super().__init__(**kwargs)
+        self.intermediate_dim, self.dropout = intermediate_dim, dropout
+        self.attention_norm, self.output_norm = (
+            keras.layers.LayerNormalization(epsilon=1e-5, dtype=self.dtype_policy, name=name)
+            for name in ("attention_norm", "output_norm"))
+        self.intermediate_dense = keras.layers.Dense(
+            intermediate_dim, activation="relu", dtype=self.dtype_policy, name="intermediate")
+        self.dropout_layer = keras.layers.Dropout(dropout, dtype=self.dtype_policy)
+
+    def build(self, input_shape):
+        self.output_dense = keras.layers.Dense(
+            input_shape[-1], dtype=self.dtype_policy, name="output")
+        self.attention_norm.build(input_shape)
+        self.intermediate_dense.build(input_shape)
+        self.output_dense.build(tuple(input_shape[:-1]) + (self.intermediate_dim,))
+        self.output_norm.build(input_shape)
+        self.built = True
+
+    def call(self, inputs, attention_output, training=None):
+        x = self.attention_norm(inputs + self.dropout_layer(attention_output, training=training))
+        y = self.output_dense(self.intermediate_dense(x))
+        return self.output_norm(x + self.dropout_layer(y, training=training))
+
+
+class _EncoderBase(keras.layers.Layer):
+    """Argument checks, sublayer factories and config shared by the two encoders."""
+
+    def __init__(self, num_layers, num_heads, key_dim, intermediate_dim, dropout, pooling,
+                 **kwargs):
+        super().__init__(**kwargs)
+        for name, value in (("num_layers", num_layers), ("num_heads", num_heads),
+                            ("key_dim", key_dim), ("intermediate_dim", intermediate_dim)):
+            _check_positive_int(name, value)
+        _check_dropout(dropout)
+        if pooling not in _POOLINGS:
+            raise ConfigError(f"pooling must be one of {_POOLINGS}; got {pooling!r}")
+        self.num_layers = num_layers
+        self.num_heads = num_heads
+        self.key_dim = key_dim
+        self.intermediate_dim = intermediate_dim
+        self.dropout = dropout
+        self.pooling = pooling
+        self.supports_masking = True
+        self.pool = FramePooling(pooling, dtype=self.dtype_policy, name="pool")
+
+    def _blocks(self, prefix):
+        return [_PostNormBlock(self.intermediate_dim, self.dropout, dtype=self.dtype_policy,
+                               name=f"{prefix}block_{i}") for i in range(self.num_layers)]
+
+    def compute_mask(self, inputs, mask=None):
+        return None
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({name: getattr(self, name) for name in _ENCODER_ARGS})
+        return config
+
+
+@keras.saving.register_keras_serializable(package="vt_keras")
+class TransformerEncoder(_EncoderBase):
+    """Post-norm Transformer encoder over one frame stream, pooled over time.
+
+    `num_layers` layers of multi-head self-attention (float32 softmax, padded
+    frames removed as keys) and a ReLU feed-forward net, each with a residual
+    and layer norm, then masked pooling over the valid frames: the encoder of
+    the early- and late-fusion baselines.
+
+    Args:
+        num_layers: Transformer layers.
+        num_heads: attention heads.
+        key_dim: size of each head's queries, keys and values.
+        intermediate_dim: hidden size of the feed-forward nets.
+        dropout: dropout on attention probabilities and residual branches.
+        pooling: "mean", "max" or "mean_max", the masked pooling over time.
+        **kwargs: standard `keras.layers.Layer` arguments.
+
+    Call arguments:
+        inputs: `[B, T, D]` frames.
+        mask: optional `[B, T]` bool, False on padded frames.
+        training: enables dropout.
+
+    Returns:
+        `[B, D]` (`[B, 2D]` for "mean_max").
+
+    Example:
+    >>> encoder = TransformerEncoder(num_layers=1, num_heads=2, key_dim=8)
+    >>> encoder(np.zeros((2, 10, 16), "f")).shape
+    TensorShape([2, 16])
+
+    Reference: Vaswani et al., "Attention Is All You Need", NeurIPS 2017, the
+    Transformer baseline of Goyal et al. 2020.
+    """
+
+    def __init__(self, num_layers=2, num_heads=4, key_dim=64, intermediate_dim=512, dropout=0.1,
+                 pooling="mean", **kwargs):
+        super().__init__(num_layers, num_heads, key_dim, intermediate_dim, dropout, pooling,
+                         **kwargs)
+        self.heads = [_Heads(num_heads, key_dim, key_dim, dtype=self.dtype_policy,
+                             name=f"heads_{i}") for i in range(num_layers)]
+        self.blocks = self._blocks("")
+        self.probs_dropout = keras.layers.Dropout(dropout, dtype=self.dtype_policy)
+
+    def build(self, input_shape):
+        for layer in self.heads + self.blocks:
+            layer.build(input_shape)
+        self.built = True
+
+    def call(self, inputs, mask=None, training=None):
+        x = inputs
+        for heads, block in zip(self.heads, self.blocks):
+            logits, value = heads(x)
+            probs = self.probs_dropout(_masked_softmax(logits, mask), training=training)
+            x = block(x, heads.combine(probs, value), training=training)
+        return self.pool(x, mask=mask)
+
+
+@keras.saving.register_keras_serializable(package="vt_keras")
+class CrossModalTransformerEncoder(_EncoderBase):
+    """Cross-modal Transformer encoder over video and audio, pooled and joined.
+
+    Each of `num_layers` layers applies `CrossModalMultiHeadAttention` to both
+    streams, then per stream the post-norm residuals and feed-forward net of
+    `TransformerEncoder`. Each stream is then pooled over its valid frames and
+    the two vectors are concatenated. Goyal et al. found no gain beyond two
+    cross-modal layers.
+
+    Args:
+        num_layers, num_heads, key_dim, intermediate_dim, dropout, pooling:
+            as in `TransformerEncoder`, per modality.
+        transform, transform_kernel_size: the cross-modal transform F, see
+            `CrossModalMultiHeadAttention`.
+        **kwargs: standard `keras.layers.Layer` arguments.
+
+    Call arguments:
+        inputs: `(video [B, T, Dv], audio [B, T, Da])`.
+        mask: optional `(video_mask, audio_mask)`, each `[B, T]` bool or None.
+        correlation: optional `[B]` or `[B, 1]` gate on the cross-modal terms.
+        training: enables dropout.
+
+    Returns:
+        `[B, Dv + Da]` (`[B, 2Dv + 2Da]` for "mean_max").
+
+    Example:
+    >>> encoder = CrossModalTransformerEncoder(num_layers=1, num_heads=2, key_dim=8)
+    >>> encoder((np.zeros((2, 10, 16), "f"), np.zeros((2, 10, 4), "f"))).shape
+    TensorShape([2, 20])
+
+    Reference: Goyal et al., "Cross-modal Learning for Multi-modal Video
+    Categorization", 2020.
+    """
+
+    def __init__(self, num_layers=2, num_heads=4, key_dim=64, intermediate_dim=512, dropout=0.1,
+                 pooling="mean", transform="conv", transform_kernel_size=3, **kwargs):
+        super().__init__(num_layers, num_heads, key_dim, intermediate_dim, dropout, pooling,
+                         **kwargs)
+        self.transform = transform
+        self.transform_kernel_size = transform_kernel_size
+        self.attention_layers = [
+            CrossModalMultiHeadAttention(
+                num_heads, key_dim, transform=transform,
+                transform_kernel_size=transform_kernel_size, dropout=dropout,
+                dtype=self.dtype_policy, name=f"cross_modal_attention_{i}")
+            for i in range(num_layers)]
+        self.video_blocks = self._blocks("video_")
+        self.audio_blocks = self._blocks("audio_")
+
+    def build(self, input_shape):
+        video_shape, audio_shape = _split_pair(input_shape, f"{self.name} inputs")
+        for attention, video_block, audio_block in zip(
+                self.attention_layers, self.video_blocks, self.audio_blocks):
+            attention.build((video_shape, audio_shape))
+            video_block.build(video_shape)
+            audio_block.build(audio_shape)
+        self.built = True
+
+    def call(self, inputs, mask=None, correlation=None, training=None):
+        video, audio = _split_pair(inputs, f"{self.name} inputs")
+        video_mask, audio_mask = _split_pair(mask, f"{self.name} mask")
+        masks = None if video_mask is None and audio_mask is None else (video_mask, audio_mask)
+        for attention, video_block, audio_block in zip(
+                self.attention_layers, self.video_blocks, self.audio_blocks):
+            attended_v, attended_a = attention((video, audio), mask=masks,
+                                               correlation=correlation, training=training)
+            video = video_block(video, attended_v, training=training)
+            audio = audio_block(audio, attended_a, training=training)
+        pooled = [self.pool(video, mask=video_mask), self.pool(audio, mask=audio_mask)]
+        return ops.concatenate(pooled, axis=-1)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(transform=self.transform, transform_kernel_size=self.transform_kernel_size)
+        return config
