@@ -1,0 +1,396 @@
+"""Video–text records: one `tf.train.SequenceExample` per video.
+
+Format (see docs/video_text_format.md for the full description):
+
+- context `id`: bytes, exactly one value.
+- context `expert/<name>` (optional): float list, one per-video feature
+  vector per name (raw inputs for losses such as CrossCLR's proximity).
+- feature list `clip`: one entry per clip, either a float list of `clip_dim`
+  values (`clip_encoding="float"`) or one bytes value of `clip_dim` uint8
+  values quantized as in YouTube-8M (`clip_encoding="quantized"`,
+  `x = q * 4/255 + 4/512 - 2`).
+- feature list `caption`: one UTF-8 bytes entry per clip, aligned with `clip`.
+
+Unknown keys are ignored, so producers may add their own (the synthetic
+generator adds `synthetic/*` ground truth).
+
+Errors. Checks that need the data run inside the tf.data graph, where they can
+only fail as `tf.errors.InvalidArgumentError`. Their messages carry a marker;
+run the code that iterates the dataset inside `with data_errors():` to get
+them back as one-line `vt_keras.errors.DataError`s naming the file, the key,
+what was expected and what was found.
+
+Example:
+
+```python
+ds = video_text_dataset("/data/train-*.tfrecord", 32, clip_dim=64, max_clips=16)
+with data_errors():
+    for batch in ds:
+        ...  # batch["clips"]: float32 [32, 16, 64]
+```
+"""
+import contextlib
+import re
+
+import numpy as np
+import tensorflow as tf
+
+from vt_keras.errors import DataError
+
+CLIP_ENCODINGS = ("float", "quantized")
+EXPERT_PREFIX = "expert/"
+_MARKER = "vt_keras.DataError: "
+_END = " ::"
+_MARKER_RE = re.compile(re.escape(_MARKER) + r"(.*?)" + re.escape(_END), re.S)
+# Errors of the proto parser itself (wrong types, bytes that are no proto);
+# `example_names` puts the file name after "Name:" / "example id:".
+_PARSER_RE = re.compile(
+    r"((?:Name: |Invalid protocol message input, example id: ).*?)(?:\s*\[\[|\s*\[Op:|\n|$)"
+)
+
+
+def quantize(x):
+    """Float features → uint8 codes, YouTube-8M style (range [-2, 2])."""
+    return np.round((np.clip(np.asarray(x, np.float64), -2.0, 2.0) + 2.0) * 255.0 / 4.0).astype(
+        np.uint8
+    )
+
+
+def dequantize(q):
+    """uint8 codes (any numeric tensor) → float32 features; inverse of `quantize`."""
+    return tf.cast(q, tf.float32) * (4.0 / 255.0) + (4.0 / 512.0 - 2.0)
+
+
+@contextlib.contextmanager
+def data_errors():
+    """Turns the in-graph data checks of this module into `DataError`s."""
+    try:
+        yield
+    except tf.errors.OpError as e:
+        match = _MARKER_RE.search(e.message or "")
+        if match:
+            text = match.group(1).encode("utf-8").decode("unicode_escape")
+            raise DataError(" ".join(text.split())) from None
+        match = _PARSER_RE.search(e.message or "")
+        if match and isinstance(e, tf.errors.InvalidArgumentError):
+            raise DataError(
+                "record is not a video-text SequenceExample of the expected types "
+                f"(check clip_encoding): {' '.join(match.group(1).split())}"
+            ) from None
+        if isinstance(e, tf.errors.DataLossError):
+            text = re.sub(r"\{\{.*?\}\}|\[Op:.*", "", e.message.splitlines()[0])
+            raise DataError(f"corrupted TFRecord data: {' '.join(text.split())}") from None
+        raise
+
+
+def _check_encoding(clip_encoding):
+    if clip_encoding not in CLIP_ENCODINGS:
+        raise DataError(
+            f"clip_encoding: expected one of {CLIP_ENCODINGS}, found {clip_encoding!r}"
+        )
+
+
+def make_video_text_example(video_id, clips, captions, *, clip_encoding="float",
+                            expert_features=None):
+    """Builds the `tf.train.SequenceExample` of one video.
+
+    Args:
+      video_id: str or bytes.
+      clips: float array `[num_clips, clip_dim]`.
+      captions: `num_clips` strings, caption `i` describing clip `i`.
+      clip_encoding: "float" (float lists) or "quantized" (uint8 bytes).
+      expert_features: optional `{name: 1-D float array}`, stored as
+        `expert/<name>`.
+
+    Returns:
+      A `tf.train.SequenceExample`.
+    """
+    _check_encoding(clip_encoding)
+    clips = np.asarray(clips, np.float32)
+    if clips.ndim != 2 or clips.shape[0] == 0:
+        raise DataError(
+            f"video {video_id!r}: clips must be [num_clips >= 1, clip_dim], found shape {clips.shape}"
+        )
+    captions = list(captions)
+    if len(captions) != clips.shape[0]:
+        raise DataError(
+            f"video {video_id!r}: expected one caption per clip ({clips.shape[0]}), "
+            f"found {len(captions)}"
+        )
+    ex = tf.train.SequenceExample()
+    vid = video_id.encode("utf-8") if isinstance(video_id, str) else bytes(video_id)
+    ex.context.feature["id"].bytes_list.value.append(vid)
+    for name, values in (expert_features or {}).items():
+        values = np.asarray(values, np.float32).reshape(-1)
+        ex.context.feature[EXPERT_PREFIX + name].float_list.value.extend(values.tolist())
+    clip_list = ex.feature_lists.feature_list["clip"]
+    for clip in clips:
+        if clip_encoding == "float":
+            clip_list.feature.add().float_list.value.extend(clip.tolist())
+        else:
+            clip_list.feature.add().bytes_list.value.append(quantize(clip).tobytes())
+    caption_list = ex.feature_lists.feature_list["caption"]
+    for caption in captions:
+        text = caption.encode("utf-8") if isinstance(caption, str) else bytes(caption)
+        caption_list.feature.add().bytes_list.value.append(text)
+    return ex
+
+
+def write_video_text_records(path, examples):
+    """Writes `SequenceExample`s (or their serialized bytes) to a TFRecord file.
+
+    Returns:
+      The number of records written.
+    """
+    count = 0
+    with tf.io.TFRecordWriter(path) as writer:
+        for ex in examples:
+            writer.write(ex if isinstance(ex, bytes) else ex.SerializeToString())
+            count += 1
+    return count
+
+
+def _assert(ok, sources, message_parts):
+    """An in-graph check; the message names the first failing record's file.
+
+    `message_parts` are strings or `[B]` string tensors, joined per record.
+    """
+    bad = tf.logical_not(ok)
+    first = tf.argmax(tf.cast(bad, tf.int32), output_type=tf.int32)
+    parts = [p if isinstance(p, str) else tf.gather(p, first) for p in message_parts]
+    msg = tf.strings.join([_MARKER, tf.gather(sources, first), ": "] + parts + [_END])
+    return tf.debugging.Assert(tf.reduce_all(ok), [msg])
+
+
+def _expert_dims(expert_features):
+    if isinstance(expert_features, str):
+        expert_features = (expert_features,)
+    if isinstance(expert_features, dict):
+        return dict(expert_features)
+    return {name: None for name in expert_features}
+
+
+def parse_video_text_example(serialized_batch, clip_dim, max_clips, clip_encoding="float",
+                             expert_features=(), sources=None):
+    """Parses a batch of serialized video–text records into padded tensors.
+
+    Args:
+      serialized_batch: string `[B]`, serialized `SequenceExample`s.
+      clip_dim: values per clip.
+      max_clips: clips (and captions) kept per video; longer videos are
+        truncated to their first `max_clips`, shorter ones padded.
+      clip_encoding: "float" or "quantized" (see the module docstring).
+      expert_features: names of context features `expert/<name>` to return,
+        or `{name: dim}` to also check their sizes.
+      sources: optional string `[B]` naming each record's file (for errors).
+
+    Returns:
+      `{"id": string [B], "clips": float32 [B, max_clips, clip_dim],
+      "clip_mask": bool [B, max_clips], "num_clips": int32 [B],
+      "captions": string [B, max_clips] ("" for padding),
+      "caption_mask": bool [B, max_clips] (valid and non-empty),
+      "expert/<name>": float32 [B, dim]}`.
+    """
+    _check_encoding(clip_encoding)
+    experts = _expert_dims(expert_features)
+    with data_errors():
+        return _parse(serialized_batch, int(clip_dim), int(max_clips), clip_encoding, experts,
+                      sources)
+
+
+def _parse(serialized, clip_dim, max_clips, clip_encoding, experts, sources):
+    serialized = tf.convert_to_tensor(serialized, tf.string)
+    if sources is None:
+        sources = tf.strings.join(
+            ["record ", tf.strings.as_string(tf.range(tf.size(serialized)))]
+        )
+    clip_dtype = tf.float32 if clip_encoding == "float" else tf.string
+    context_spec = {"id": tf.io.RaggedFeature(tf.string)}
+    for name in experts:
+        context_spec[EXPERT_PREFIX + name] = tf.io.RaggedFeature(tf.float32)
+    sequence_spec = {
+        "clip": tf.io.RaggedFeature(clip_dtype),
+        "caption": tf.io.RaggedFeature(tf.string),
+    }
+    context, sequences, _ = tf.io.parse_sequence_example(
+        serialized, context_spec, sequence_spec, example_names=sources
+    )
+    clips, captions = sequences["clip"], sequences["caption"]
+    # clips is ragged [B, (clips), (entries)]: clip_dim floats per clip, or one
+    # bytes value of clip_dim bytes per clip.
+    clip_rows = clips.row_lengths()
+    caption_rows = captions.row_lengths()
+    caption_entries = captions.values.row_lengths()
+    entries = clips.values.row_lengths()
+    raw_values = clips.values.flat_values
+    if clip_encoding == "float":
+        per_clip = entries
+    else:
+        byte_lengths = clips.values.with_flat_values(tf.strings.length(raw_values, unit="BYTE"))
+        per_clip = tf.cast(tf.reduce_sum(byte_lengths, axis=1), tf.int64)
+    per_clip = tf.RaggedTensor.from_row_lengths(per_clip, clip_rows)
+    wrong = tf.not_equal(per_clip, clip_dim)
+    id_count = context["id"].row_lengths()
+    checks = [
+        _assert(tf.equal(id_count, 1), sources,
+                ["context key 'id': expected 1 bytes value, found ",
+                 tf.strings.as_string(id_count)]),
+        _assert(clip_rows > 0, sources,
+                ["feature list 'clip': expected at least 1 clip, found 0 (key missing or empty) ",
+                 "in video ", _first_id(context["id"])]),
+        _assert(tf.equal(caption_rows, clip_rows), sources,
+                ["feature list 'caption': expected one caption per clip (",
+                 tf.strings.as_string(clip_rows), "), found ",
+                 tf.strings.as_string(caption_rows), " in video ", _first_id(context["id"])]),
+        _assert(tf.logical_not(tf.reduce_any(wrong, axis=1)), sources,
+                ["feature list 'clip': expected clip_dim=", str(clip_dim),
+                 f" {'values' if clip_encoding == 'float' else 'bytes'} per clip, found ",
+                 tf.strings.as_string(_first_wrong(per_clip, wrong)),
+                 " in video ", _first_id(context["id"])]),
+    ]
+    one_caption = tf.RaggedTensor.from_row_lengths(tf.equal(caption_entries, 1), caption_rows)
+    checks.append(_assert(tf.reduce_all(one_caption, axis=1), sources,
+                          ["feature list 'caption': expected 1 bytes value per entry, ",
+                           "found another count in video ", _first_id(context["id"])]))
+    if clip_encoding == "quantized":
+        one_entry = tf.RaggedTensor.from_row_lengths(tf.equal(entries, 1), clip_rows)
+        checks.append(_assert(tf.reduce_all(one_entry, axis=1), sources,
+                              ["feature list 'clip': expected 1 bytes value per quantized clip, ",
+                               "found another count in video ", _first_id(context["id"])]))
+    out = {}
+    for name, dim in experts.items():
+        feat = context[EXPERT_PREFIX + name]
+        lengths = tf.cast(feat.row_lengths(), tf.int64)
+        expected = lengths[:1] if dim is None else tf.constant([dim], tf.int64)
+        checks.append(_assert(tf.logical_and(tf.equal(lengths, expected), lengths > 0), sources,
+                              [f"context key '{EXPERT_PREFIX}{name}': expected ",
+                               "a float list of the same non-zero size in every record"
+                               if dim is None else f"{dim} floats",
+                               ", found ", tf.strings.as_string(lengths)]))
+        out[name] = feat
+    with tf.control_dependencies(checks):
+        num_clips = tf.cast(tf.minimum(clip_rows, max_clips), tf.int32)
+        if clip_encoding == "float":
+            values = raw_values
+        else:
+            values = dequantize(tf.io.decode_raw(raw_values, tf.uint8, fixed_length=clip_dim))
+        values = tf.reshape(values, [-1, clip_dim])
+        clip_tensor = tf.RaggedTensor.from_row_lengths(values, clip_rows)[:, :max_clips]
+        clip_tensor = clip_tensor.to_tensor(0.0, shape=[None, max_clips, clip_dim])
+        captions = tf.RaggedTensor.from_row_lengths(captions.flat_values, caption_rows)
+        caption_tensor = captions[:, :max_clips].to_tensor("", shape=[None, max_clips])
+        clip_mask = tf.sequence_mask(num_clips, max_clips)
+        batch = {
+            "id": tf.reshape(context["id"].to_tensor("", shape=[None, 1]), [-1]),
+            "clips": clip_tensor,
+            "clip_mask": clip_mask,
+            "num_clips": num_clips,
+            "captions": caption_tensor,
+            "caption_mask": tf.logical_and(clip_mask, tf.not_equal(caption_tensor, "")),
+        }
+        for name, feat in out.items():
+            dim = experts[name]
+            batch[EXPERT_PREFIX + name] = feat.to_tensor(0.0, shape=[None, dim])
+    return batch
+
+
+def _first_id(ids):
+    return tf.reshape(ids.to_tensor("?", shape=[None, 1]), [-1])
+
+
+def _first_wrong(per_clip, wrong):
+    """Per record, the size of its first wrong clip (or 0 when none is wrong)."""
+    index = tf.argmax(tf.cast(wrong, tf.int32).to_tensor(0), axis=1, output_type=tf.int32)
+    sizes = per_clip.to_tensor(0)
+    return tf.gather(sizes, index, batch_dims=1)
+
+
+def list_files(file_pattern):
+    """Sorted files matching a glob pattern (or a list of patterns); DataError if none."""
+    patterns = [file_pattern] if isinstance(file_pattern, str) else list(file_pattern)
+    files = sorted({f for p in patterns for f in tf.io.gfile.glob(p)})
+    if not files:
+        raise DataError(
+            f"file pattern {file_pattern!r}: expected at least one TFRecord file, found none"
+        )
+    return files
+
+
+def video_text_dataset(file_pattern, batch_size, *, clip_dim, max_clips=16, clip_encoding="float",
+                       shuffle=False, repeat=False, drop_remainder=False, input_context=None,
+                       seed=None, expert_features=(), shuffle_buffer=1024):
+    """A `tf.data.Dataset` of parsed, padded video–text batches.
+
+    Files are sharded over input pipelines by `input_context` (records are
+    sharded instead when there are fewer files than pipelines), read with a
+    parallel interleave, batched, then parsed a batch at a time.
+
+    Args:
+      file_pattern: glob pattern (or list of patterns) of TFRecord files.
+      batch_size: examples per batch *of this dataset*; under a strategy pass
+        `input_context.get_per_replica_batch_size(global_batch_size)`.
+      clip_dim, max_clips, clip_encoding, expert_features: see
+        `parse_video_text_example`.
+      shuffle: shuffle file order and records (buffer `shuffle_buffer`).
+      repeat: repeat forever.
+      drop_remainder: drop a last partial batch (fixed shapes for training).
+      input_context: an optional `tf.distribute.InputContext`.
+      seed: shuffle seed; with `shuffle=False` the order is the file order.
+
+    Returns:
+      A dataset of dicts as returned by `parse_video_text_example`. Iterate it
+      inside `with data_errors():` to get data problems as `DataError`.
+    """
+    _check_encoding(clip_encoding)
+    if batch_size < 1:
+        raise DataError(f"batch_size: expected >= 1, found {batch_size}")
+    experts = _expert_dims(expert_features)
+    files = list_files(file_pattern)
+    num_pipelines, pipeline_id = 1, 0
+    if input_context is not None:
+        num_pipelines = input_context.num_input_pipelines
+        pipeline_id = input_context.input_pipeline_id
+    shard_files = num_pipelines > 1 and len(files) >= num_pipelines
+    if shard_files:
+        files = files[pipeline_id::num_pipelines]
+    ds = tf.data.Dataset.from_tensor_slices(files)
+    if shuffle:
+        ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
+
+    # Plain graph code: skipping autograph makes each dataset build faster.
+    @tf.autograph.experimental.do_not_convert
+    def read(filename):
+        return tf.data.TFRecordDataset(filename).map(
+            tf.autograph.experimental.do_not_convert(lambda r: (r, filename)))
+
+    @tf.autograph.experimental.do_not_convert
+    def parse(records, sources):
+        return _parse(records, int(clip_dim), int(max_clips), clip_encoding, experts, sources)
+
+    # Deterministic order (the default) even when shuffling, so a seed
+    # reproduces a run.
+    ds = ds.interleave(read, cycle_length=min(len(files), 8), block_length=1,
+                       num_parallel_calls=tf.data.AUTOTUNE)
+    if num_pipelines > 1 and not shard_files:
+        ds = ds.shard(num_pipelines, pipeline_id)
+    if shuffle:
+        ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        ds = ds.repeat()
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+    ds = ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def read_captions(file_pattern):
+    """Yields every caption (str) of the records matching `file_pattern`.
+
+    Meant for `vt_keras.text.build_vocabulary` over the training split.
+    """
+    ds = tf.data.TFRecordDataset(list_files(file_pattern)).batch(256)
+    spec = {"caption": tf.io.RaggedFeature(tf.string)}
+    with data_errors():
+        for records in ds:
+            _, seqs, _ = tf.io.parse_sequence_example(records, sequence_features=spec)
+            for caption in seqs["caption"].flat_values.numpy():
+                yield caption.decode("utf-8")
