@@ -51,11 +51,15 @@ def _mask(lengths, steps):
 
 def test_output_and_attention_shapes(rng):
     x = rng.normal(size=(3, 7, 6)).astype("float32")
-    for encoder, units, expected in [(None, None, 4 * 6), ("gru", 5, 4 * 5), ("lstm", None, 4 * 6)]:
+    for encoder, units, expected in [
+        (None, None, 4 * 6), (None, 9, 4 * 6), ("gru", 5, 4 * 5), ("lstm", None, 4 * 6)
+    ]:
         layer = AttentionClusters(num_clusters=4, encoder=encoder, encoder_units=units)
         out, weights = layer(x, return_attention=True)
         assert tuple(out.shape) == (3, expected)
         assert tuple(weights.shape) == (3, 4, 7)
+        symbolic = layer(keras.Input((None, 6)), mask=keras.Input((None,), dtype="bool"))
+        assert tuple(symbolic.shape) == (None, expected)
 
 
 def test_values_match_numpy(rng):

@@ -54,6 +54,7 @@ class AttentionClusters(keras.layers.Layer):
         encoder: None, "gru" or "lstm": the recurrent encoder run before the
             attention (the padding mask is passed to it).
         encoder_units: hidden size of the encoder; None keeps the input size.
+            Ignored when `encoder` is None.
         **kwargs: standard `keras.layers.Layer` arguments (name, dtype, ...).
 
     Call arguments:
@@ -63,7 +64,7 @@ class AttentionClusters(keras.layers.Layer):
         training: passed to the encoder.
 
     Returns:
-        `[B, K·H]` with H = `encoder_units` (or D), and with
+        `[B, K·H]` with H = `encoder_units` (D without an encoder), and with
         `return_attention=True` also the float32 weights `[B, K, T]`.
 
     Example:
@@ -95,7 +96,8 @@ class AttentionClusters(keras.layers.Layer):
                 f"with a known feature size; got {tuple(input_shape)}"
             )
         features = input_shape[-1]
-        self.hidden_dim = self.encoder_units or features
+        # Without an encoder the frames are the hidden states: encoder_units is unused.
+        self.hidden_dim = (self.encoder_units or features) if self.encoder else features
         self.sequence_encoder = None
         if self.encoder is not None:
             self.sequence_encoder = _ENCODERS[self.encoder](
@@ -203,6 +205,7 @@ class CrossModalAttentionClusters(keras.layers.Layer):
         audio_clusters: Ka, attention units for audio.
         encoder: None, "gru" or "lstm", run per modality before the attention.
         encoder_units: the encoders' hidden size; None keeps each input size.
+            Ignored when `encoder` is None.
         transform: "conv" or "dense", the form of F (see above).
         transform_kernel_size: temporal kernel size of the "conv" transform.
         **kwargs: standard `keras.layers.Layer` arguments.
@@ -216,7 +219,8 @@ class CrossModalAttentionClusters(keras.layers.Layer):
         training: passed to the encoders.
 
     Returns:
-        `[B, Kv·Hv + Ka·Ha]` (H = `encoder_units` or the input size).
+        `[B, Kv·Hv + Ka·Ha]` (H = `encoder_units`, or the input size without
+        an encoder).
 
     Example:
     >>> layer = CrossModalAttentionClusters(video_clusters=4, audio_clusters=2)
