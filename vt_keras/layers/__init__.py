@@ -11,3 +11,4 @@ from vt_keras.layers.cross_modal_attention import (  # noqa: F401
     CrossModalTransformerEncoder,
     TransformerEncoder,
 )
+from vt_keras.layers.correlation_tower import CorrelationTower  # noqa: F401
