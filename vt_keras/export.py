@@ -58,14 +58,14 @@ def export_classifier(model, export_dir, features, max_frames, num_classes, top_
     def run_model(frames, num_frames):
         mask = tf.sequence_mask(num_frames, max_frames)
         if l2_normalize:
-            frames = yt8m.l2_normalize_frames(frames)
+            frames = yt8m._l2_normalize_concat(frames)  # the same normalisation as training
         inputs = dict(zip(names, frames))
         inputs["mask"] = mask
         return model(inputs, training=False)
 
     def serving_default(example_bytes):
         parsed = yt8m.parse_frame_example(example_bytes, features=features, max_frames=max_frames,
-                                          num_classes=num_classes, require_labels=False)
+                                          num_classes=num_classes)
         probs = run_model([parsed[n] for n in names], parsed["num_frames"])
         outputs = _top_k_outputs(probs, top_k)
         outputs["video_id"] = parsed["id"]
