@@ -97,6 +97,16 @@ def test_netvlad_padding_equals_shorter_video(rng):
     np.testing.assert_allclose(_np(layer(padded, mask=mask)), short, rtol=1e-5, atol=1e-6)
 
 
+def test_netvlad_batch_norm_statistics_ignore_padded_frames(rng):
+    """In training mode garbage in padded frames must not move the batch statistics."""
+    x, mask = _frames(rng)
+    garbage = np.where(mask[..., None], x, 1e3).astype("float32")
+    layer = NetVLAD(num_clusters=4, use_batch_norm=True)
+    clean = _np(layer(x, mask=mask, training=True))
+    np.testing.assert_allclose(_np(layer(garbage, mask=mask, training=True)), clean,
+                               rtol=1e-5, atol=1e-6)
+
+
 def test_netvlad_empty_cluster_and_empty_video_are_finite(rng):
     x, mask = _frames(rng)
     mask[1, :] = False  # a video with no valid frame
