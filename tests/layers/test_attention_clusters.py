@@ -266,9 +266,11 @@ def test_mismatched_time_axes_raise_data_error(rng):
         layer((np.zeros((1, 6, 3), "float32"), np.zeros((1, 5, 3), "float32")))
 
 
-def test_bad_transform_raises_config_error():
+def test_bad_cross_modal_arguments_raise_config_error():
     with pytest.raises(ConfigError, match="transform must be 'conv' or 'dense'; got 'fft'"):
         CrossModalAttentionClusters(transform="fft")
+    with pytest.raises(ConfigError, match="audio_clusters must be a positive int; got -1"):
+        CrossModalAttentionClusters(audio_clusters=-1)
 
 
 def test_cross_modal_layer_contract(rng):

@@ -245,6 +245,8 @@ class CrossModalAttentionClusters(keras.layers.Layer):
         super().__init__(**kwargs)
         if transform not in _TRANSFORMS:
             raise ConfigError(f"transform must be 'conv' or 'dense'; got {transform!r}")
+        _check_positive_int("video_clusters", video_clusters)
+        _check_positive_int("audio_clusters", audio_clusters)
         _check_positive_int("transform_kernel_size", transform_kernel_size)
         self.video_clusters = video_clusters
         self.audio_clusters = audio_clusters
