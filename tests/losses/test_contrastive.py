@@ -94,7 +94,7 @@ def test_keras_loss_wrapper_and_serialization():
     assert restored.get_config()["temperature"] == 0.1
 
 
-def _mirrored_loss_and_grads(strategy, fn, inputs, weights):
+def mirrored_loss_and_grads(strategy, fn, inputs, weights):
     """Per-replica global losses and the replica-summed gradient of `loss / replicas`."""
     with strategy.scope():
         variable = tf.Variable(weights)
@@ -135,7 +135,7 @@ def test_two_replicas_match_one_device(rng, logical_cpus):
     weights = rng.normal(size=(5, 4)).astype("float32")
     fn = lambda v, t, gather=None: info_nce(v, t, temperature=0.1, gather=gather)  # noqa: E731
     strategy = tf.distribute.MirroredStrategy(logical_cpus)
-    losses, grad = _mirrored_loss_and_grads(strategy, fn, [video, text], weights)
+    losses, grad = mirrored_loss_and_grads(strategy, fn, [video, text], weights)
     loss, expected_grad = single_device_loss_and_grads(fn, [video, text], weights)
     assert losses == pytest.approx([loss, loss], rel=1e-6)
     np.testing.assert_allclose(grad, expected_grad, rtol=1e-5, atol=1e-6)

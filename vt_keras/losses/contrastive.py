@@ -72,7 +72,9 @@ class InfoNCELoss(keras.losses.Loss):
     `{"video": [B, d], "text": [B, d]}` or a pair `(video, text)`. Under a
     `tf.distribute` strategy the loss gathers the global batch with
     `replica_gather` (Keras divides each replica's loss by the number of
-    replicas, which is what makes the summed gradients right).
+    replicas, which is what makes the summed gradients right). `compile()`
+    maps one loss over each output of a multi-output model, so `fit()` users
+    call it from a layer: `self.add_loss(loss(0.0, (video, text)))`.
 
     Args:
         temperature: τ of `info_nce`.
@@ -81,7 +83,7 @@ class InfoNCELoss(keras.losses.Loss):
 
     Example:
     >>> loss = InfoNCELoss(temperature=0.05)
-    >>> loss(None, {"video": v, "text": t})
+    >>> loss(0.0, {"video": v, "text": t})
 
     Implements the symmetric InfoNCE of CLIP (Radford et al., 2021).
     """
