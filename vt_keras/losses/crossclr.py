@@ -29,7 +29,6 @@ from keras import ops
 
 from vt_keras.errors import ConfigError
 from vt_keras.losses.contrastive import (
-    NEG,
     as_float,
     check_pair,
     contrastive_terms,
