@@ -35,8 +35,9 @@ def _reset_keras_state():
 
     keras.utils.set_random_seed(1234)
     yield
+    # No clear_session(): it costs seconds per test and tests do not rely on
+    # fresh layer names.
     keras.config.set_dtype_policy("float32")
-    keras.backend.clear_session()
 
 
 @pytest.fixture
