@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from vt_keras.distributed import replica_gather
+from tests.losses.replicas import mirrored_loss_and_grads, mirrored_strategy, single_device_loss_and_grads
 from vt_keras.errors import ConfigError, UserError
 from vt_keras.losses.contrastive import InfoNCELoss, info_nce
 
@@ -94,47 +94,12 @@ def test_keras_loss_wrapper_and_serialization():
     assert restored.get_config()["temperature"] == 0.1
 
 
-def mirrored_loss_and_grads(strategy, fn, inputs, weights):
-    """Per-replica global losses and the replica-summed gradient of `loss / replicas`."""
-    with strategy.scope():
-        variable = tf.Variable(weights)
-    per_replica = len(inputs[0]) // strategy.num_replicas_in_sync
-    dist = [
-        strategy.experimental_distribute_values_from_function(
-            lambda ctx, x=x: tf.constant(x[ctx.replica_id_in_sync_group * per_replica:][:per_replica])
-        )
-        for x in inputs
-    ]
-
-    def replica_step(*local):
-        with tf.GradientTape() as tape:
-            loss = fn(*[x @ variable for x in local[:2]], *local[2:], gather=replica_gather)
-            contribution = loss / tf.distribute.get_replica_context().num_replicas_in_sync
-        grad = tape.gradient(contribution, variable)
-        return loss, grad
-
-    @tf.function
-    def step(*args):
-        losses, grads = strategy.run(replica_step, args=args)
-        return strategy.experimental_local_results(losses), strategy.reduce("SUM", grads, axis=None)
-
-    losses, grad = step(*dist)
-    return [float(x) for x in losses], grad.numpy()
-
-
-def single_device_loss_and_grads(fn, inputs, weights):
-    variable = tf.Variable(weights)
-    with tf.GradientTape() as tape:
-        loss = fn(*[tf.constant(x) @ variable for x in inputs[:2]], *[tf.constant(x) for x in inputs[2:]])
-    return float(loss), tape.gradient(loss, variable).numpy()
-
-
 def test_two_replicas_match_one_device(rng, logical_cpus):
     video = rng.normal(size=(6, 5)).astype("float32")
     text = (video + 0.3 * rng.normal(size=(6, 5))).astype("float32")
     weights = rng.normal(size=(5, 4)).astype("float32")
     fn = lambda v, t, gather=None: info_nce(v, t, temperature=0.1, gather=gather)  # noqa: E731
-    strategy = tf.distribute.MirroredStrategy(logical_cpus)
+    strategy = mirrored_strategy(logical_cpus)
     losses, grad = mirrored_loss_and_grads(strategy, fn, [video, text], weights)
     loss, expected_grad = single_device_loss_and_grads(fn, [video, text], weights)
     assert losses == pytest.approx([loss, loss], rel=1e-6)

@@ -4,7 +4,7 @@ import pytest
 import tensorflow as tf
 
 from tests.losses.crossclr_reference import influence, reference_crossclr
-from tests.losses.test_contrastive import mirrored_loss_and_grads, single_device_loss_and_grads
+from tests.losses.replicas import mirrored_loss_and_grads, mirrored_strategy, single_device_loss_and_grads
 from vt_keras.errors import ConfigError, UserError
 from vt_keras.losses.contrastive import info_nce
 from vt_keras.losses.crossclr import crossclr_loss
@@ -173,7 +173,7 @@ def test_two_replicas_match_one_device(rng, logical_cpus):
                              positive_weight=0.2, gather=gather)
 
     inputs = [video, text, video_feat, text_feat]
-    strategy = tf.distribute.MirroredStrategy(logical_cpus)
+    strategy = mirrored_strategy(logical_cpus)
     losses, grad = mirrored_loss_and_grads(strategy, fn, inputs, weights)
     loss, expected_grad = single_device_loss_and_grads(fn, inputs, weights)
     assert losses == pytest.approx([loss, loss], rel=1e-5)

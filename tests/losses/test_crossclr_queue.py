@@ -5,6 +5,7 @@ import pytest
 import tensorflow as tf
 
 from tests.losses.crossclr_reference import reference_crossclr
+from tests.losses.replicas import distribute, mirrored_strategy
 from vt_keras.distributed import replica_gather
 from vt_keras.errors import ConfigError, UserError
 from vt_keras.losses.crossclr import crossclr_loss
@@ -170,7 +171,7 @@ def test_replicas_hold_the_same_queue_as_one_device(rng, logical_cpus):
     single = CrossCLRLoss(queue_size=6, temperature=0.1)
     single_losses = [float(single.compute(*data)) for data in batches]
 
-    strategy = tf.distribute.MirroredStrategy(logical_cpus)
+    strategy = mirrored_strategy(logical_cpus)
     with strategy.scope():
         mirrored = CrossCLRLoss(queue_size=6, temperature=0.1)
         mirrored.build(*WIDTHS)
@@ -181,8 +182,7 @@ def test_replicas_hold_the_same_queue_as_one_device(rng, logical_cpus):
         return strategy.experimental_local_results(out)
 
     for data, expected in zip(batches, single_losses):
-        dist = [strategy.experimental_distribute_values_from_function(
-            lambda ctx, x=x: tf.constant(x[2 * ctx.replica_id_in_sync_group:][:2])) for x in data]
+        dist = [distribute(strategy, x) for x in data]
         assert [float(v) for v in step(*dist)] == pytest.approx([expected, expected], rel=1e-5)
     for queue, reference in zip(mirrored.queues, single.queues):
         for local in strategy.experimental_local_results(queue.value):
