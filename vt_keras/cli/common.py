@@ -57,6 +57,10 @@ def check_config_overrides(argv, default_config):
     for arg in argv[1:]:
         if arg.startswith("--config="):
             config_path = arg.split("=", 1)[1]
+            name = resolve_config_path(config_path).partition(":")[0]
+            if not os.path.isfile(name):
+                raise ConfigError(f"--config={config_path}: no such file; expected a config .py file such as "
+                                  "configs/yt8m/late_fusion.py")
         m = _OVERRIDE.match(arg)
         if m:
             overrides.append((arg, m.group(1)))
