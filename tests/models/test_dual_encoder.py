@@ -138,6 +138,19 @@ def test_keras_save_and_load_give_identical_outputs(rng, tmp_path):
         np.testing.assert_array_equal(out[key], expected[key])
 
 
+def test_saved_model_export_has_string_and_bool_inputs(rng, tmp_path):
+    model = _model(text_pooling="mean", video_transformer_layers=0)
+    inputs = _inputs(rng)
+    expected = _numpy(model(inputs))
+    # Keras alone would guess float32 captions; DualEncoder.export passes
+    # input_signature(), and the tokenizer's table goes into the SavedModel.
+    model.export(str(tmp_path / "export"), verbose=False)
+    served = tf.saved_model.load(str(tmp_path / "export"))
+    out = served.serve(inputs)
+    for key in ("video", "text", "text_sequence"):
+        np.testing.assert_allclose(out[key], expected[key], atol=1e-6)
+
+
 def test_mixed_precision_outputs_stay_float32_unit_norm(rng):
     keras.config.set_dtype_policy("mixed_float16")
     out = _numpy(_model(text_pooling="transformer")(_inputs(rng)))

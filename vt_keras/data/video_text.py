@@ -29,6 +29,7 @@ with data_errors():
         ...  # batch["clips"]: float32 [32, 16, 64]
 ```
 """
+import codecs
 import contextlib
 import re
 
@@ -69,7 +70,9 @@ def data_errors():
     except tf.errors.OpError as e:
         match = _MARKER_RE.search(e.message or "")
         if match:
-            text = match.group(1).encode("utf-8").decode("unicode_escape")
+            # TensorFlow prints the message C-escaped; undo that.
+            text = codecs.escape_decode(match.group(1).encode("utf-8"))[0].decode(
+                "utf-8", "replace")
             raise DataError(" ".join(text.split())) from None
         match = _PARSER_RE.search(e.message or "")
         if match and isinstance(e, tf.errors.InvalidArgumentError):
@@ -109,7 +112,8 @@ def make_video_text_example(video_id, clips, captions, *, clip_encoding="float",
     clips = np.asarray(clips, np.float32)
     if clips.ndim != 2 or clips.shape[0] == 0:
         raise DataError(
-            f"video {video_id!r}: clips must be [num_clips >= 1, clip_dim], found shape {clips.shape}"
+            f"video {video_id!r}: expected clips of shape [num_clips >= 1, clip_dim], "
+            f"found {clips.shape}"
         )
     captions = list(captions)
     if len(captions) != clips.shape[0]:
@@ -201,108 +205,86 @@ def parse_video_text_example(serialized_batch, clip_dim, max_clips, clip_encodin
 def _parse(serialized, clip_dim, max_clips, clip_encoding, experts, sources):
     serialized = tf.convert_to_tensor(serialized, tf.string)
     if sources is None:
-        sources = tf.strings.join(
-            ["record ", tf.strings.as_string(tf.range(tf.size(serialized)))]
-        )
-    clip_dtype = tf.float32 if clip_encoding == "float" else tf.string
+        sources = tf.strings.join(["record ", tf.strings.as_string(tf.range(tf.size(serialized)))])
+    # Everything is parsed as ragged so that a bad record reaches our checks
+    # (with their messages) instead of failing inside the parser.
     context_spec = {"id": tf.io.RaggedFeature(tf.string)}
     for name in experts:
         context_spec[EXPERT_PREFIX + name] = tf.io.RaggedFeature(tf.float32)
     sequence_spec = {
-        "clip": tf.io.RaggedFeature(clip_dtype),
+        "clip": tf.io.RaggedFeature(tf.float32 if clip_encoding == "float" else tf.string),
         "caption": tf.io.RaggedFeature(tf.string),
     }
     context, sequences, _ = tf.io.parse_sequence_example(
-        serialized, context_spec, sequence_spec, example_names=sources
-    )
+        serialized, context_spec, sequence_spec, example_names=sources)
+    # Both feature lists are ragged [B, (entries), (values)].
     clips, captions = sequences["clip"], sequences["caption"]
-    # clips is ragged [B, (clips), (entries)]: clip_dim floats per clip, or one
-    # bytes value of clip_dim bytes per clip.
-    clip_rows = clips.row_lengths()
-    caption_rows = captions.row_lengths()
-    caption_entries = captions.values.row_lengths()
-    entries = clips.values.row_lengths()
-    raw_values = clips.values.flat_values
+    clip_rows, caption_rows = clips.row_lengths(), captions.row_lengths()
+    raw_values = clips.flat_values
     if clip_encoding == "float":
-        per_clip = entries
+        clip_sizes = clips.values.row_lengths()
     else:
         byte_lengths = clips.values.with_flat_values(tf.strings.length(raw_values, unit="BYTE"))
-        per_clip = tf.cast(tf.reduce_sum(byte_lengths, axis=1), tf.int64)
-    per_clip = tf.RaggedTensor.from_row_lengths(per_clip, clip_rows)
-    wrong = tf.not_equal(per_clip, clip_dim)
+        clip_sizes = tf.cast(tf.reduce_sum(byte_lengths, axis=1), clip_rows.dtype)
+    clip_sizes = tf.RaggedTensor.from_row_lengths(clip_sizes, clip_rows)
+    wrong = tf.not_equal(clip_sizes, clip_dim)
+    first_wrong = tf.argmax(tf.cast(wrong, tf.int32).to_tensor(0), axis=1, output_type=tf.int32)
+    ids = context["id"].to_tensor("?", shape=[None, 1])[:, 0]
+    in_video = (" in video ", ids)
+
+    def per_entry(counts, rows):  # every entry of a feature list holds one value
+        return tf.reduce_all(tf.RaggedTensor.from_row_lengths(tf.equal(counts, 1), rows), axis=1)
+
     id_count = context["id"].row_lengths()
     checks = [
-        _assert(tf.equal(id_count, 1), sources,
-                ["context key 'id': expected 1 bytes value, found ",
-                 tf.strings.as_string(id_count)]),
-        _assert(clip_rows > 0, sources,
-                ["feature list 'clip': expected at least 1 clip, found 0 (key missing or empty) ",
-                 "in video ", _first_id(context["id"])]),
-        _assert(tf.equal(caption_rows, clip_rows), sources,
-                ["feature list 'caption': expected one caption per clip (",
-                 tf.strings.as_string(clip_rows), "), found ",
-                 tf.strings.as_string(caption_rows), " in video ", _first_id(context["id"])]),
-        _assert(tf.logical_not(tf.reduce_any(wrong, axis=1)), sources,
-                ["feature list 'clip': expected clip_dim=", str(clip_dim),
-                 f" {'values' if clip_encoding == 'float' else 'bytes'} per clip, found ",
-                 tf.strings.as_string(_first_wrong(per_clip, wrong)),
-                 " in video ", _first_id(context["id"])]),
+        (tf.equal(id_count, 1), "context key 'id': expected 1 bytes value, found ",
+         tf.strings.as_string(id_count)),
+        (clip_rows > 0, "feature list 'clip': expected at least 1 clip, found 0 (key missing "
+         "or empty)", *in_video),
+        (tf.equal(caption_rows, clip_rows), "feature list 'caption': expected one caption per "
+         "clip (", tf.strings.as_string(clip_rows), "), found ",
+         tf.strings.as_string(caption_rows), *in_video),
+        (per_entry(captions.values.row_lengths(), caption_rows),
+         "feature list 'caption': expected 1 bytes value per entry, found another count",
+         *in_video),
+        (tf.logical_not(tf.reduce_any(wrong, axis=1)),
+         f"feature list 'clip': expected clip_dim={clip_dim} "
+         f"{'values' if clip_encoding == 'float' else 'bytes'} per clip, found ",
+         tf.strings.as_string(tf.gather(clip_sizes.to_tensor(0), first_wrong, batch_dims=1)),
+         *in_video),
     ]
-    one_caption = tf.RaggedTensor.from_row_lengths(tf.equal(caption_entries, 1), caption_rows)
-    checks.append(_assert(tf.reduce_all(one_caption, axis=1), sources,
-                          ["feature list 'caption': expected 1 bytes value per entry, ",
-                           "found another count in video ", _first_id(context["id"])]))
     if clip_encoding == "quantized":
-        one_entry = tf.RaggedTensor.from_row_lengths(tf.equal(entries, 1), clip_rows)
-        checks.append(_assert(tf.reduce_all(one_entry, axis=1), sources,
-                              ["feature list 'clip': expected 1 bytes value per quantized clip, ",
-                               "found another count in video ", _first_id(context["id"])]))
-    out = {}
+        checks.append((per_entry(clips.values.row_lengths(), clip_rows),
+                       "feature list 'clip': expected 1 bytes value per quantized clip, found "
+                       "another count", *in_video))
     for name, dim in experts.items():
-        feat = context[EXPERT_PREFIX + name]
-        lengths = tf.cast(feat.row_lengths(), tf.int64)
+        lengths = tf.cast(context[EXPERT_PREFIX + name].row_lengths(), tf.int64)
         expected = lengths[:1] if dim is None else tf.constant([dim], tf.int64)
-        checks.append(_assert(tf.logical_and(tf.equal(lengths, expected), lengths > 0), sources,
-                              [f"context key '{EXPERT_PREFIX}{name}': expected ",
-                               "a float list of the same non-zero size in every record"
-                               if dim is None else f"{dim} floats",
-                               ", found ", tf.strings.as_string(lengths)]))
-        out[name] = feat
-    with tf.control_dependencies(checks):
+        checks.append((tf.logical_and(tf.equal(lengths, expected), lengths > 0),
+                       f"context key '{EXPERT_PREFIX}{name}': expected "
+                       + ("the same non-zero number of floats in every record" if dim is None
+                          else f"{dim} floats") + ", found ", tf.strings.as_string(lengths)))
+    with tf.control_dependencies([_assert(ok, sources, parts) for ok, *parts in checks]):
         num_clips = tf.cast(tf.minimum(clip_rows, max_clips), tf.int32)
-        if clip_encoding == "float":
-            values = raw_values
-        else:
-            values = dequantize(tf.io.decode_raw(raw_values, tf.uint8, fixed_length=clip_dim))
-        values = tf.reshape(values, [-1, clip_dim])
+        if clip_encoding == "quantized":
+            raw_values = dequantize(tf.io.decode_raw(raw_values, tf.uint8, fixed_length=clip_dim))
+        values = tf.reshape(raw_values, [-1, clip_dim])
         clip_tensor = tf.RaggedTensor.from_row_lengths(values, clip_rows)[:, :max_clips]
-        clip_tensor = clip_tensor.to_tensor(0.0, shape=[None, max_clips, clip_dim])
         captions = tf.RaggedTensor.from_row_lengths(captions.flat_values, caption_rows)
-        caption_tensor = captions[:, :max_clips].to_tensor("", shape=[None, max_clips])
+        captions = captions[:, :max_clips].to_tensor("", shape=[None, max_clips])
         clip_mask = tf.sequence_mask(num_clips, max_clips)
         batch = {
-            "id": tf.reshape(context["id"].to_tensor("", shape=[None, 1]), [-1]),
-            "clips": clip_tensor,
+            "id": context["id"].to_tensor("", shape=[None, 1])[:, 0],
+            "clips": clip_tensor.to_tensor(0.0, shape=[None, max_clips, clip_dim]),
             "clip_mask": clip_mask,
             "num_clips": num_clips,
-            "captions": caption_tensor,
-            "caption_mask": tf.logical_and(clip_mask, tf.not_equal(caption_tensor, "")),
+            "captions": captions,
+            "caption_mask": tf.logical_and(clip_mask, tf.not_equal(captions, "")),
         }
-        for name, feat in out.items():
-            dim = experts[name]
-            batch[EXPERT_PREFIX + name] = feat.to_tensor(0.0, shape=[None, dim])
+        for name, dim in experts.items():
+            batch[EXPERT_PREFIX + name] = context[EXPERT_PREFIX + name].to_tensor(
+                0.0, shape=[None, dim])
     return batch
-
-
-def _first_id(ids):
-    return tf.reshape(ids.to_tensor("?", shape=[None, 1]), [-1])
-
-
-def _first_wrong(per_clip, wrong):
-    """Per record, the size of its first wrong clip (or 0 when none is wrong)."""
-    index = tf.argmax(tf.cast(wrong, tf.int32).to_tensor(0), axis=1, output_type=tf.int32)
-    sizes = per_clip.to_tensor(0)
-    return tf.gather(sizes, index, batch_dims=1)
 
 
 def list_files(file_pattern):

@@ -151,7 +151,11 @@ class DualEncoder(keras.Model):
                  "captions": captions, "caption_mask": caption_mask})
     loss = info_nce(out["video"], out["text"], temperature=0.05)
     queries = model.embed_text(tf.constant(["crack the eggs"]))  # [1, 32]
+    model.export("serving/")  # signature from `input_signature()`
     ```
+
+    Reference: Zolfaghari et al., "CrossCLR: Cross-modal Contrastive Learning
+    For Multi-modal Video Representations", ICCV 2021 (the two-tower set-up).
     """
 
     def __init__(self, vocabulary, embedding_dim=256, clip_dim=64, video_transformer_layers=1,
@@ -256,6 +260,36 @@ class DualEncoder(keras.Model):
         """Text embeddings, one caption or query per string: `[N]` → `[N, E]`."""
         captions = ops.expand_dims(strings, 1)
         return self._text_tower(captions, ops.ones(ops.shape(captions), "bool"))[2]
+
+    def input_signature(self):
+        """`tf.TensorSpec`s of `call`'s input dict (string captions, bool masks)."""
+        import tensorflow as tf  # serving only
+
+        return {"clips": tf.TensorSpec([None, None, self.clip_dim], tf.float32, "clips"),
+                "clip_mask": tf.TensorSpec([None, None], tf.bool, "clip_mask"),
+                "captions": tf.TensorSpec([None, None], tf.string, "captions"),
+                "caption_mask": tf.TensorSpec([None, None], tf.bool, "caption_mask")}
+
+    def export(self, filepath, format="tf_saved_model", verbose=None, input_signature=None,
+               **kwargs):
+        """`keras.Model.export`, with `input_signature()` as the default signature."""
+        if input_signature is None and format == "tf_saved_model":
+            input_signature = [self.input_signature()]
+        return super().export(filepath, format=format, verbose=verbose,
+                              input_signature=input_signature, **kwargs)
+
+    @property
+    def _default_save_signature(self):
+        # Keras would guess float32 for every input, captions included; a
+        # SavedModel export (`model.export`, `ExportArchive.track`) needs the
+        # real dtypes.
+        import tensorflow as tf  # serving only
+
+        @tf.function(input_signature=[self.input_signature()])
+        def serving_default(inputs):
+            return self(inputs)
+
+        return serving_default
 
     def get_config(self):
         config = super().get_config()
