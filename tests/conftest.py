@@ -4,6 +4,7 @@ TensorFlow sees one CPU here. Tests of `MirroredStrategy` need two devices, and
 logical devices can only be configured before TensorFlow initialises them, so
 this file splits the CPU into two logical devices before any test runs.
 """
+import itertools
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -19,6 +20,23 @@ _cpus = tf.config.list_physical_devices("CPU")
 tf.config.set_logical_device_configuration(
     _cpus[0], [tf.config.LogicalDeviceConfiguration()] * NUM_LOGICAL_CPUS
 )
+
+_KEY_BASES = itertools.count(start=7_000_000, step=10_000)
+
+
+def mirrored_strategy(devices):
+    """A `MirroredStrategy` over `devices` with collective keys of its own.
+
+    Every `MirroredStrategy` numbers its collective ops from the same start and
+    TensorFlow caches each (group, instance) key's parameters for the life of
+    the process, so a second strategy whose n-th collective differs in kind or
+    dtype from an earlier one's fails ("Collective instance ... expected
+    type"). Tests create strategies only through this function.
+    """
+    cls = type("MirroredStrategyOwnKeys", (tf.distribute.MirroredStrategy,),
+               {"_collective_key_base": next(_KEY_BASES)})
+    return cls(devices)
+
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

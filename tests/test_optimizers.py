@@ -4,6 +4,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tests.conftest import mirrored_strategy
+
 from vt_keras.errors import ConfigError
 from vt_keras.optimizers import RAdam
 
@@ -146,9 +148,9 @@ def test_mirrored_strategy_matches_single_device(rng, logical_cpus):
         return w.numpy()
 
     single = train(tf.distribute.OneDeviceStrategy(logical_cpus[0]))
-    mirrored_strategy = tf.distribute.MirroredStrategy(logical_cpus)
-    assert mirrored_strategy.num_replicas_in_sync == 2
-    mirrored = train(mirrored_strategy)
+    two_replicas = mirrored_strategy(logical_cpus)
+    assert two_replicas.num_replicas_in_sync == 2
+    mirrored = train(two_replicas)
     np.testing.assert_allclose(mirrored, single, rtol=1e-5, atol=1e-6)
     assert not np.allclose(single, w0)
 

@@ -1,28 +1,8 @@
-"""Two-replica helpers for the contrastive loss tests.
-
-Every `tf.distribute.MirroredStrategy` numbers its collective ops from the
-same start, and TensorFlow caches the parameters of each (group, instance)
-key for the life of the process. A second strategy in the same process whose
-n-th collective differs in kind or dtype from the first strategy's n-th (an
-all-gather of int32 sizes where there was a float all-reduce) then fails with
-"Collective instance … expected type …". Giving each strategy its own
-collective key base (the attribute `MirroredStrategy` reads for that purpose)
-keeps the tests independent of which other strategies ran before.
-"""
-import itertools
-
+"""Two-replica helpers for the contrastive loss tests (see `tests.conftest.mirrored_strategy`)."""
 import tensorflow as tf
 
+from tests.conftest import mirrored_strategy  # noqa: F401  (re-exported for the loss tests)
 from vt_keras.distributed import replica_gather
-
-_KEY_BASES = itertools.count(start=7_000_000, step=10_000)
-
-
-def mirrored_strategy(devices):
-    """A `MirroredStrategy` over `devices` with collective keys of its own."""
-    cls = type("MirroredStrategyOwnKeys", (tf.distribute.MirroredStrategy,),
-               {"_collective_key_base": next(_KEY_BASES)})
-    return cls(devices)
 
 
 def distribute(strategy, array):

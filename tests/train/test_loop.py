@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, mirrored_strategy
 from tests.yt8m_fixtures import tiny_config, write_tiny_yt8m
 from vt_keras.errors import CheckpointError, TrainingDiverged
 from vt_keras.tasks.yt8m import YT8MClassification
@@ -36,7 +36,7 @@ def test_mirrored_two_replicas_match_one_device(tiny_data, tmp_path, logical_cpu
     config = tiny_config(tiny_data, **{"train.num_steps": 2, "train.checkpoint_every": 0})
     _, one = loop.train(config, str(tmp_path / "one"), strategy=tf.distribute.OneDeviceStrategy(logical_cpus[0]),
                         log=quiet)
-    _, two = loop.train(config, str(tmp_path / "two"), strategy=tf.distribute.MirroredStrategy(logical_cpus),
+    _, two = loop.train(config, str(tmp_path / "two"), strategy=mirrored_strategy(logical_cpus),
                         log=quiet)
     w1, w2 = weights(one), weights(two)
     assert len(w1) == len(w2)
@@ -54,7 +54,7 @@ def test_gradient_clipping_clips_the_global_gradient(tiny_data, tmp_path, logica
                                        "train.grad_clip_norm": 1e-3})
     _, one = loop.train(config, str(tmp_path / "one"), strategy=tf.distribute.OneDeviceStrategy(logical_cpus[0]),
                         log=quiet)
-    _, two = loop.train(config, str(tmp_path / "two"), strategy=tf.distribute.MirroredStrategy(logical_cpus),
+    _, two = loop.train(config, str(tmp_path / "two"), strategy=mirrored_strategy(logical_cpus),
                         log=quiet)
     for a, b in zip(weights(one), weights(two)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
