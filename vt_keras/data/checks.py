@@ -1,0 +1,184 @@
+"""In-graph data checks of tf.data pipelines, surfaced as one-line `DataError`s.
+
+tf.data raises errors while a pipeline is iterated, as TensorFlow `OpError`s
+whose text says nothing useful to a user (which file? which key?). So the
+readers check their data in the graph, where the file name is at hand, and a
+failed check raises an `OpError` carrying one marked line. Run the iteration
+under `data_errors()`, or loop with `iterate(dataset)`, and that line becomes
+a `vt_keras.errors.DataError`:
+
+    with data_errors():
+        for batch in frame_dataset("train-*.tfrecord", 32):
+            ...
+    # DataError: file 'train-00003.tfrecord', record 'ab12': feature list
+    #   'rgb' expected 1024 bytes per frame, found 1000
+
+The same works around a `tf.function` step that pulls from the iterator:
+the marked line survives in the step's error message.
+
+`read_checked_records` reads one TFRecord file and detects damage that
+`TFRecordDataset` would report without the file name: a sentinel after the
+last readable record compares the bytes consumed with the file size.
+
+Problems the readers tolerate (skipped corrupt files, frame counts that
+disagree between features) are counted in `data_counters()` and logged with
+absl logging (the first ten of each kind, then every thousandth).
+"""
+import codecs
+import collections
+import contextlib
+import re
+import threading
+
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from vt_keras.errors import DataError
+
+# A TFRecord frame is 8 bytes of length, 4 of length CRC, the data, 4 of CRC.
+_TFRECORD_OVERHEAD = 16
+_MARK = re.compile(r"<DataError>(.*?)</DataError>", re.S)
+_COUNTERS = collections.Counter()
+_LOCK = threading.Lock()
+
+
+def data_counters():
+    """Counts of tolerated data problems seen so far in this process, by kind."""
+    with _LOCK:
+        return dict(_COUNTERS)
+
+
+def reset_data_counters():
+    """Sets every count of `data_counters()` back to zero."""
+    with _LOCK:
+        _COUNTERS.clear()
+
+
+def _count(kind, message):
+    kind, message = kind.numpy().decode(), message.numpy().decode("utf-8", "replace")
+    with _LOCK:
+        _COUNTERS[kind] += 1
+        n = _COUNTERS[kind]
+    if n <= 10 or n % 1000 == 0:
+        logging.warning("%s (%s #%d)", message, kind, n)
+    return np.int32(0)
+
+
+def report(kind, message):
+    """In-graph: counts a tolerated problem of `kind` and logs `message`; returns int32 0."""
+    return tf.py_function(_count, [kind, message], Tout=tf.int32)
+
+
+def fail(message):
+    """In-graph: raises an `OpError` that `data_errors()` turns into `DataError(message)`."""
+    tf.debugging.Assert(False, [tf.strings.join(["<DataError>", message, "</DataError>"])])
+    return tf.constant(0, tf.int32)
+
+
+def assert_rows(ok, where, detail_fn):
+    """In-graph: asserts `ok` [B]; the error is `where[i]: detail_fn(i)` for the first bad row i.
+
+    The message is built only when a row fails. Returns an int32 to put in a
+    control dependency.
+    """
+
+    def failed():
+        i = tf.argmin(tf.cast(ok, tf.int32), output_type=tf.int32)
+        return fail(tf.strings.join([where[i], ": ", detail_fn(i)]))
+
+    return tf.cond(tf.reduce_all(ok), lambda: tf.constant(0, tf.int32), failed)
+
+
+def read_checked_records(filename, size, skip_corrupt):
+    """A dataset of `(record, filename)` of one TFRecord file, checked against its `size` in bytes.
+
+    `ignore_errors` ends a file's records at the first unreadable one; a
+    sentinel element after the last record compares the bytes consumed with
+    the file size, so damage is reported (or counted) rather than hidden.
+    """
+    end = tf.data.Dataset.from_tensors((tf.constant(""), True))
+    records = tf.data.TFRecordDataset(filename).ignore_errors().map(_not_last).concatenate(end)
+
+    def step(state, element):
+        consumed, count = state
+        record, last = element
+        length = tf.cast(tf.strings.length(record), tf.int64) + _TFRECORD_OVERHEAD
+        consumed += tf.where(last, tf.constant(0, tf.int64), length)
+
+        def damaged():
+            message = tf.strings.join([
+                "file '", filename, "' is truncated or corrupt: TFRecord data unreadable from byte ",
+                tf.as_string(consumed), " of ", tf.as_string(size), " (after ", tf.as_string(count), " records)"])
+            if skip_corrupt:
+                return report("skipped_corrupt_files", tf.strings.join([message, "; skipping the rest"]))
+            return fail(message)
+
+        check = tf.cond(tf.logical_and(last, consumed != size), damaged, lambda: tf.constant(0, tf.int32))
+        with tf.control_dependencies([check]):
+            return (consumed, count + 1), (tf.identity(record), filename, last)
+
+    zero = tf.constant(0, tf.int64)
+    records = records.scan((zero, zero), plain(step))
+    return records.filter(plain(lambda record, name, last: tf.logical_not(last))).map(_drop_last)
+
+
+@tf.autograph.experimental.do_not_convert
+def _not_last(record):
+    return record, False
+
+
+@tf.autograph.experimental.do_not_convert
+def _drop_last(record, name, last):
+    return record, name
+
+
+def plain(fn):
+    """Returns `fn` exempt from autograph (for tf.data functions that use explicit tf.cond)."""
+    # Converting such functions gains nothing and slows tracing severalfold.
+    return tf.autograph.experimental.do_not_convert(fn)
+
+
+def data_error_message(error):
+    """The one-line message marked inside a TensorFlow error, or None."""
+    match = _MARK.search(getattr(error, "message", None) or str(error))
+    if match is None:
+        return None
+    # Assert C-escapes quotes, backslashes and non-ASCII bytes of its data.
+    return codecs.escape_decode(match.group(1).encode("utf-8"))[0].decode("utf-8", "replace")
+
+
+@contextlib.contextmanager
+def data_errors():
+    """Turns data check failures raised by TensorFlow into `DataError`.
+
+    Other TensorFlow errors pass unchanged, except unreadable record data
+    (`DataLossError`, protos that do not parse), which becomes a `DataError`
+    quoting TensorFlow's last line.
+
+    Example:
+        >>> with data_errors():
+        ...     for batch in frame_dataset("train*.tfrecord", 32):
+        ...         train_step(batch)
+    """
+    try:
+        yield
+    except tf.errors.OpError as e:
+        message = data_error_message(e)
+        if message is not None:
+            raise DataError(message) from None
+        if isinstance(e, tf.errors.DataLossError) or "could not parse" in e.message.lower():
+            last = [line for line in e.message.strip().splitlines() if line.strip()]
+            raise DataError(f"unreadable record data: {last[-1].strip() if last else e}") from None
+        raise
+
+
+def iterate(dataset):
+    """Yields the elements of `dataset`, raising `DataError` for bad data.
+
+    Example:
+        >>> for batch in iterate(frame_dataset("validate-*.tfrecord", 64)):
+        ...     evaluate(batch)
+    """
+    with data_errors():
+        yield from dataset

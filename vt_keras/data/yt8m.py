@@ -1,0 +1,379 @@
+"""YouTube-8M records: quantization, batched parsing, tf.data pipelines, writers.
+
+Frame-level records are `tf.train.SequenceExample`s (context `id`, `labels`;
+one bytes entry of `dim` uint8 values per frame in each feature list),
+video-level records are `tf.train.Example`s (`id`, `labels`, float lists such
+as `mean_rgb`). Feature names and sizes are arguments (`features=(("rgb",
+1024), ("audio", 128))`), so one modality or other extractors need no edits.
+
+How bad data surfaces (see `vt_keras.data.checks`). The interleave tags each
+record with its file; the parser asserts feature sizes, frame counts and
+label ranges per record; a sentinel at the end of each file compares the
+bytes read with the file size (a truncated or corrupt TFRecord stops being
+readable early). Iterate under `data_errors()` or with `iterate(dataset)`
+and a failed check is a `vt_keras.errors.DataError` with one line naming the
+file, the record, the key, what was expected and what was found.
+
+With `skip_corrupt_records=True` the unreadable rest of a corrupt file is
+skipped instead: the records before the damage are kept, a warning naming
+the file is logged and `data_counters()["skipped_corrupt_files"]` counts
+such files. Records that parse but do not match the config (missing or
+wrong-size feature, label out of range) are always errors: skipping them
+would hide a wrong config. When the feature lists of one record disagree in
+frame count, `num_frames` is the smallest count, the frames after it are
+zeroed in every feature, and `data_counters()["frame_count_mismatches"]`
+counts such records (a warning is logged for the first few).
+
+The writers are in `vt_keras.data.yt8m_writers` and can be imported from
+here too (`yt8m.write_frame_records`).
+"""
+import numpy as np
+import tensorflow as tf
+
+from vt_keras.data.checks import (assert_rows, data_counters, data_errors, iterate, plain, read_checked_records,
+                                  report, reset_data_counters)
+from vt_keras.errors import ConfigError, DataError
+
+FRAME_FEATURES = (("rgb", 1024), ("audio", 128))
+VIDEO_FEATURES = (("mean_rgb", 1024), ("mean_audio", 128))
+
+_WRITERS = ("FrameExampleWriter", "VideoExampleWriter", "make_frame_example", "make_video_example",
+            "write_frame_records", "write_video_records")
+__all__ = ["FRAME_FEATURES", "VIDEO_FEATURES", "dequantize", "quantize", "parse_frame_example",
+           "parse_video_example", "list_files", "frame_dataset", "video_dataset", "data_errors", "iterate",
+           "data_counters", "reset_data_counters", *_WRITERS]
+
+
+def dequantize(q, max_quantized_value=2.0, min_quantized_value=-2.0):
+    """Maps uint8 codes to floats as the YouTube-8M starter code does.
+
+    `x = q * range / 255 + range / 512 + min`, so with the defaults q = 0 gives
+    -1.9921875 and q = 255 gives 2.0078125. Numpy in, numpy out; tensors in,
+    float32 tensor out.
+    """
+    span = max_quantized_value - min_quantized_value
+    scale, bias = span / 255.0, span / 512.0 + min_quantized_value
+    if isinstance(q, (tf.Tensor, tf.Variable)):
+        return tf.cast(q, tf.float32) * scale + bias
+    return (np.asarray(q, np.float32) * np.float32(scale) + np.float32(bias)).astype(np.float32)
+
+
+def quantize(x, max_quantized_value=2.0, min_quantized_value=-2.0):
+    """Maps floats to uint8 codes: `round((clip(x, min, max) - min) * 255 / range)`.
+
+    The inverse of `dequantize` on its outputs: `quantize(dequantize(q)) == q`.
+    """
+    span = max_quantized_value - min_quantized_value
+    if isinstance(x, (tf.Tensor, tf.Variable)):
+        x = tf.clip_by_value(tf.cast(x, tf.float32), min_quantized_value, max_quantized_value)
+        return tf.cast(tf.round((x - min_quantized_value) * (255.0 / span)), tf.uint8)
+    # In place on one float32 copy: this runs over every frame the writers write.
+    x = np.array(x, np.float32)
+    np.clip(x, min_quantized_value, max_quantized_value, out=x)
+    x -= np.float32(min_quantized_value)
+    x *= np.float32(255.0 / span)
+    return np.rint(x, out=x).astype(np.uint8)
+
+
+# ---------------------------------------------------------------- parsing
+def _normalize_features(features):
+    items = list(features.items() if isinstance(features, dict) else features)
+    if not items:
+        raise ConfigError("features: expected at least one (name, dim) pair, found none")
+    out = []
+    for item in items:
+        try:
+            name, dim = item
+            ok = isinstance(name, str) and int(dim) == dim and dim > 0
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise ConfigError(f"features: expected (name, positive dim) pairs, found {item!r}")
+        out.append((name, int(dim)))
+    return tuple(out)
+
+
+def _where(ids, filenames):
+    where = tf.strings.join(["record '", ids, "'"])
+    if filenames is not None:
+        where = tf.strings.join(["file '", filenames, "', ", where])
+    return where
+
+
+def _labels(labels, num_classes, where):
+    """Checks sparse label ids `[B, None]` against `num_classes`; returns (check, multi-hot)."""
+    rows, values = labels.indices[:, 0], labels.values
+    bad = tf.logical_or(values < 0, values >= num_classes)
+    batch = tf.shape(where, out_type=tf.int64)[0]
+    # Empty rows get the dtype's minimum from the segment max: fine, not bad.
+    ok = tf.math.unsorted_segment_max(tf.cast(bad, tf.int32), rows, batch) <= 0
+    # The first bad value in row-major order is in the first bad row.
+    check = assert_rows(ok, where, lambda i: tf.strings.join([
+        "label ", tf.as_string(tf.boolean_mask(values, bad)[0]),
+        f" out of range; expected 0 <= label < num_classes={num_classes}"]))
+    with tf.control_dependencies([check]):
+        zeros = tf.zeros(tf.stack([batch, tf.constant(num_classes, tf.int64)]), tf.float32)
+        hot = tf.tensor_scatter_nd_max(zeros, tf.stack([rows, values], axis=1), tf.ones_like(values, tf.float32))
+    return check, hot
+
+
+def _l2_normalize_concat(tensors):
+    """L2-normalises the concatenation of `tensors` along the last axis."""
+    squares = tf.add_n([tf.reduce_sum(tf.square(t), axis=-1, keepdims=True) for t in tensors])
+    inv = tf.math.rsqrt(tf.maximum(squares, 1e-12))
+    return [t * inv for t in tensors]
+
+
+def parse_frame_example(
+    serialized,
+    features=FRAME_FEATURES,
+    max_frames=300,
+    num_classes=3862,
+    id_key="id",
+    labels_key="labels",
+    l2_normalize=False,
+    filenames=None,
+):
+    """Parses a batch of frame-level SequenceExamples.
+
+    Args:
+        serialized: string `[B]`, serialized `tf.train.SequenceExample`s.
+        features: `(name, dim)` pairs, one feature list of `dim` bytes per frame each.
+        max_frames: frames kept per video; later frames are dropped.
+        num_classes: size of the multi-hot label vector.
+        id_key, labels_key: context keys of the video id and the label ids.
+        l2_normalize: L2-normalise the concatenation of all features of each
+            frame (the starter code's input normalisation).
+        filenames: optional string `[B]` of source files, named in errors.
+
+    Returns:
+        `{"id": string [B], name: float32 [B, max_frames, dim] per feature,
+        "num_frames": int32 [B], "mask": bool [B, max_frames],
+        "labels": float32 [B, num_classes]}`. Values are dequantized and padded
+        with 0.0 after dequantization; `num_frames = min(frames, max_frames)`,
+        the smallest count over features if they disagree.
+    """
+    features = _normalize_features(features)
+    context, lists, lengths = tf.io.parse_sequence_example(
+        serialized,
+        context_features={
+            id_key: tf.io.FixedLenFeature([], tf.string, default_value=""),
+            labels_key: tf.io.VarLenFeature(tf.int64),
+        },
+        sequence_features={name: tf.io.FixedLenSequenceFeature([], tf.string, allow_missing=True)
+                           for name, _ in features},
+    )
+    ids = context[id_key]
+    where = _where(ids, filenames)
+    check, hot = _labels(context[labels_key], num_classes, where)
+    checks, rows = [check], []
+    for name, dim in features:
+        # Dense [B, frames] bytes, padded with "" past each video's length.
+        count, frame_bytes = lengths[name], tf.strings.length(lists[name])
+        wrong = tf.logical_and(tf.sequence_mask(count, tf.shape(frame_bytes)[1]), frame_bytes != dim)
+        rows.append(count)
+        checks.append(assert_rows(count > 0, where, lambda i, name=name, dim=dim: tf.constant(
+            f"feature list '{name}' is missing or empty; expected frames of {dim} bytes, found 0 frames")))
+        checks.append(assert_rows(
+            tf.logical_not(tf.reduce_any(wrong, axis=1)), where,
+            lambda i, b=frame_bytes, w=wrong, name=name, dim=dim: tf.strings.join([
+                f"feature list '{name}' expected {dim} bytes per frame, found ",
+                tf.as_string(tf.boolean_mask(b, w)[0])])))
+    shortest = tf.reduce_min(tf.stack(rows), axis=0)
+    if len(rows) > 1:
+        mismatch = tf.reduce_any(tf.stack(rows) != shortest, axis=0)
+        checks.append(tf.cond(
+            tf.reduce_any(mismatch),
+            lambda: report("frame_count_mismatches", tf.strings.join([
+                where[tf.argmax(tf.cast(mismatch, tf.int32), output_type=tf.int32)],
+                ": feature lists disagree in frame count; using the smallest"])),
+            lambda: tf.constant(0, tf.int32)))
+    with tf.control_dependencies(checks):
+        num_frames = tf.cast(tf.minimum(shortest, max_frames), tf.int32)
+        mask = tf.sequence_mask(num_frames, max_frames)
+        out = {"id": tf.identity(ids), "num_frames": num_frames, "mask": mask, "labels": hot}
+        values = []
+        for name, dim in features:
+            # Frames are checked to be `dim` bytes each, so joining a video's
+            # frames and decoding with a fixed length pads it to `max_frames`
+            # in one copy.
+            joined = tf.strings.reduce_join(lists[name][:, :max_frames], axis=1)
+            q = tf.io.decode_raw(joined, tf.uint8, fixed_length=max_frames * dim)
+            q = tf.reshape(q, [-1, max_frames, dim])
+            # Zero the padding and any frames past `num_frames` after dequantization.
+            values.append(tf.where(mask[:, :, None], dequantize(q), 0.0))
+        if l2_normalize:
+            values = _l2_normalize_concat(values)
+        out.update({name: v for (name, _), v in zip(features, values)})
+    return out
+
+
+def parse_video_example(
+    serialized,
+    features=VIDEO_FEATURES,
+    num_classes=3862,
+    id_key="id",
+    labels_key="labels",
+    l2_normalize=False,
+    filenames=None,
+):
+    """Parses a batch of video-level Examples.
+
+    Args:
+        serialized: string `[B]`, serialized `tf.train.Example`s.
+        features: `(name, dim)` pairs, a float list of length `dim` each.
+        num_classes, id_key, labels_key, l2_normalize, filenames: as in
+            `parse_frame_example` (2017 data uses `id_key="video_id"`).
+
+    Returns:
+        `{"id": string [B], name: float32 [B, dim] per feature, "labels":
+        float32 [B, num_classes]}`.
+    """
+    features = _normalize_features(features)
+    spec = {id_key: tf.io.FixedLenFeature([], tf.string, default_value=""),
+            labels_key: tf.io.VarLenFeature(tf.int64)}
+    spec.update({name: tf.io.VarLenFeature(tf.float32) for name, _ in features})
+    parsed = tf.io.parse_example(serialized, spec)
+    ids = parsed[id_key]
+    where = _where(ids, filenames)
+    check, hot = _labels(parsed[labels_key], num_classes, where)
+    checks = [check]
+    for name, dim in features:
+        rows = tf.cast(parsed[name].indices[:, 0], tf.int32)
+        length = tf.math.bincount(rows, minlength=tf.size(ids), maxlength=tf.size(ids))
+        checks.append(assert_rows(length == dim, where, lambda i, name=name, dim=dim, length=length: tf.strings.join(
+            [f"feature '{name}' expected {dim} floats, found ", tf.as_string(length[i])])))
+    with tf.control_dependencies(checks):
+        out = {"id": tf.identity(ids), "labels": hot}
+        # Every row holds exactly `dim` values (checked), in row-major order.
+        values = [tf.reshape(parsed[name].values, [-1, dim]) for name, dim in features]
+        if l2_normalize:
+            values = _l2_normalize_concat(values)
+        out.update({name: v for (name, _), v in zip(features, values)})
+    return out
+
+
+# --------------------------------------------------------------- datasets
+def list_files(file_pattern):
+    """Sorted files matching a pattern or a comma-separated list of patterns."""
+    patterns = [p.strip() for p in str(file_pattern).split(",") if p.strip()]
+    if not patterns:
+        raise DataError(f"file pattern {file_pattern!r}: expected a glob pattern, found nothing")
+    files = set()
+    for pattern in patterns:
+        matched = tf.io.gfile.glob(pattern)
+        if not matched:
+            raise DataError(f"file pattern '{pattern}' matches no files")
+        files.update(matched)
+    return sorted(files)
+
+
+def _dataset(file_pattern, batch_size, parse, *, shuffle, repeat, drop_remainder, input_context, seed,
+             skip_corrupt_records, shuffle_buffer_size, cycle_length, deterministic):
+    files = list_files(file_pattern)
+    sizes = [tf.io.gfile.stat(f).length for f in files]
+    pipelines, pipeline_id = 1, 0
+    if input_context is not None:
+        pipelines, pipeline_id = input_context.num_input_pipelines, input_context.input_pipeline_id
+    shard_files = pipelines > 1 and len(files) >= pipelines
+    shard_records = pipelines > 1 and not shard_files
+    ds = tf.data.Dataset.from_tensor_slices((files, tf.constant(sizes, tf.int64)))
+    if shard_files:
+        ds = ds.shard(pipelines, pipeline_id)
+    if shuffle:
+        # Record sharding needs the same file order on every pipeline.
+        file_seed = 0 if (shard_records and seed is None) else seed
+        ds = ds.shuffle(len(files), seed=file_seed, reshuffle_each_iteration=True)
+    if repeat:
+        ds = ds.repeat()
+    ds = ds.interleave(
+        plain(lambda f, s: read_checked_records(f, s, skip_corrupt_records)),
+        cycle_length=max(1, min(cycle_length, len(files))), block_length=1,
+        num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+    if shard_records:
+        ds = ds.shard(pipelines, pipeline_id)
+    if shuffle and shuffle_buffer_size > 1:
+        ds = ds.shuffle(shuffle_buffer_size, seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+    ds = ds.map(plain(lambda records, names: parse(records, filenames=names)),
+                num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+_DATASET_DOC = """
+    Args:
+        file_pattern: a glob, or several separated by commas. Matching no
+            file is a `DataError` naming the pattern.
+        batch_size: examples per batch of this dataset (per replica when
+            built by `distribute_datasets_from_function`).
+        shuffle: shuffle the files each epoch and records in a buffer of
+            `shuffle_buffer_size`.
+        repeat: repeat forever.
+        drop_remainder: drop the last partial batch (static batch size).
+        input_context: a `tf.distribute.InputContext`; files are sharded by
+            `input_pipeline_id` over `num_input_pipelines`, records when there
+            are fewer files than pipelines.
+        seed: shuffle seed.
+        skip_corrupt_records: skip the unreadable rest of a truncated or
+            corrupt file (counted, logged) instead of raising.
+        l2_normalize: see the parser.
+        cycle_length: files read at once by the interleave.
+        deterministic: keep a fixed element order (needed for reproducibility).
+        Other arguments go to the parser.
+
+    Iterate under `data_errors()` or with `iterate()` to get `DataError`s.
+"""
+
+
+def frame_dataset(file_pattern, batch_size, *, features=FRAME_FEATURES, max_frames=300, num_classes=3862,
+                  shuffle=False, repeat=False, drop_remainder=False, input_context=None, seed=None,
+                  skip_corrupt_records=False, l2_normalize=False, id_key="id", labels_key="labels",
+                  shuffle_buffer_size=256, cycle_length=8, deterministic=True):
+    """A batched, parsed dataset of frame-level records (see `parse_frame_example`).
+    {doc}
+    Example:
+        >>> ds = frame_dataset("data/train-*.tfrecord", 32, num_classes=88)
+    """
+    features = _normalize_features(features)
+
+    def parse(serialized, filenames):
+        return parse_frame_example(serialized, features, max_frames, num_classes, id_key, labels_key,
+                                   l2_normalize, filenames)
+
+    return _dataset(file_pattern, batch_size, parse, shuffle=shuffle, repeat=repeat,
+                    drop_remainder=drop_remainder, input_context=input_context, seed=seed,
+                    skip_corrupt_records=skip_corrupt_records, shuffle_buffer_size=shuffle_buffer_size,
+                    cycle_length=cycle_length, deterministic=deterministic)
+
+
+def video_dataset(file_pattern, batch_size, *, features=VIDEO_FEATURES, num_classes=3862, shuffle=False,
+                  repeat=False, drop_remainder=False, input_context=None, seed=None,
+                  skip_corrupt_records=False, l2_normalize=False, id_key="id", labels_key="labels",
+                  shuffle_buffer_size=1024, cycle_length=8, deterministic=True):
+    """A batched, parsed dataset of video-level records (see `parse_video_example`).
+    {doc}
+    Example:
+        >>> ds = video_dataset("data/train-*.tfrecord", 256, num_classes=3862)
+    """
+    features = _normalize_features(features)
+
+    def parse(serialized, filenames):
+        return parse_video_example(serialized, features, num_classes, id_key, labels_key, l2_normalize, filenames)
+
+    return _dataset(file_pattern, batch_size, parse, shuffle=shuffle, repeat=repeat,
+                    drop_remainder=drop_remainder, input_context=input_context, seed=seed,
+                    skip_corrupt_records=skip_corrupt_records, shuffle_buffer_size=shuffle_buffer_size,
+                    cycle_length=cycle_length, deterministic=deterministic)
+
+
+frame_dataset.__doc__ = frame_dataset.__doc__.replace("{doc}", _DATASET_DOC)
+video_dataset.__doc__ = video_dataset.__doc__.replace("{doc}", _DATASET_DOC)
+
+
+def __getattr__(name):
+    # Lazy, because the writers import `quantize` from this module.
+    if name in _WRITERS:
+        from vt_keras.data import yt8m_writers
+
+        return getattr(yt8m_writers, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
