@@ -12,3 +12,4 @@ from vt_keras.layers.cross_modal_attention import (  # noqa: F401
     TransformerEncoder,
 )
 from vt_keras.layers.correlation_tower import CorrelationTower  # noqa: F401
+from vt_keras.layers.alignment import CKAAlignment  # noqa: F401

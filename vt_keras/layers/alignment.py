@@ -1,0 +1,261 @@
+"""Modality alignment: a pass-through layer that adds `-λ · CKA` as a loss."""
+import threading
+
+import keras
+from keras import ops
+
+from vt_keras.distributed import num_replicas, replica_gather, replica_id
+from vt_keras.errors import ConfigError, UserError
+from vt_keras.losses.cka import KERNELS, cka, min_samples
+
+
+@keras.saving.register_keras_serializable(package="vt_keras")
+class CKAAlignment(keras.layers.Layer):
+    """Adds `-weight · CKA(video, text)` to the model's losses; returns its inputs.
+
+    The Modality Alignment of Yun et al. (LREC 2022): N vectors are taken from
+    each modality's sequence so that the counts match, and the CKA between
+    them is maximised as an auxiliary objective. Put the layer on the two
+    embedding sequences, before the cross-modal fusion; its outputs are its
+    inputs, unchanged, so it sits anywhere in a functional graph.
+
+    Which vectors:
+    - `num_samples=None` (default): one vector per example from each
+      modality, the mean of its valid frames, so row i of both sides comes
+      from example i. Deterministic; examples with no valid frame on either
+      side are left out.
+    - `num_samples=N`: N valid positions drawn at random from the whole
+      batch for each modality, independently, without replacement (with
+      fewer than N valid positions, all of them and no repeats). The drawn
+      rows are put back in batch order before pairing, so with similar
+      numbers of valid frames row i of both sides comes from nearby
+      examples; the paper does not say how it pairs the samples.
+    - pooled `[B, d]` inputs (both sides): every row, nothing to sample.
+    Padded positions are never used.
+
+    Global batch: the vectors (and their validity) go through
+    `gather(x, axis=0)` before CKA; the default `None` is
+    `vt_keras.distributed.replica_gather`, the identity on one device and an
+    all-gather inside a multi-replica strategy, so two replicas compute the
+    CKA of the global batch. `num_samples` counts rows of that global batch:
+    each of R replicas draws `ceil(num_samples / R)` and the last replicas
+    leave out the rows over `num_samples`.
+    The added loss is a global scalar; the trainer and `fit` divide it by the
+    number of replicas, as `add_loss` losses are.
+
+    Tracked values: the metric `cka` (a `keras.metrics.Mean`, shown by `fit`;
+    batches with fewer valid rows than the estimator needs are not counted)
+    and the variable `last_cka`, the value of the latest call, for summaries.
+
+    Args:
+        weight: λ, the loss weight; 0.1 in the paper's synthetic and TVQA+
+            runs, 0.2 on TVQA, 0.05 for captioning.
+        num_samples: rows of the global batch per CKA, or None (see above).
+            At least 2 (4 when debiased).
+        kernel: `"linear"` (the paper's choice) or `"rbf"`.
+        debiased: use the unbiased HSIC estimator (see `vt_keras.losses.cka`).
+        rbf_threshold: θ of the RBF bandwidth `σ² = θ² · median(D²)`.
+        gather: `gather(x, axis=0)` giving the global batch; None for
+            `replica_gather`. Save/load keeps only registered serializable
+            functions.
+        seed: seed of the sampling draws (only used with `num_samples`).
+        **kwargs: `keras.layers.Layer` arguments (`name`, `dtype`, ...).
+
+    Call: `layer((x_seq, y_seq), mask=(x_mask, y_mask))` with `x_seq`
+    `[B, T1, d1]`, `y_seq` `[B, T2, d2]` (or pooled `[B, d1]`, `[B, d2]`)
+    and boolean masks `[B, T1]`, `[B, T2]` (`[B]` for pooled; None for all
+    valid) → `(x_seq, y_seq)` unchanged.
+
+    Example:
+    >>> video, text = video_encoder(frames), text_encoder(tokens)
+    >>> video, text = CKAAlignment(weight=0.1)((video, text), mask=(fm, tm))
+    >>> fused = cross_modal_attention(video, text)
+    """
+
+    def __init__(
+        self,
+        weight=0.1,
+        num_samples=None,
+        kernel="linear",
+        debiased=False,
+        rbf_threshold=1.0,
+        gather=None,
+        seed=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if kernel not in KERNELS:
+            raise ConfigError(f"CKAAlignment: kernel must be one of {KERNELS}; got {kernel!r}")
+        if num_samples is not None and (
+            isinstance(num_samples, bool)
+            or not isinstance(num_samples, int)
+            or num_samples < min_samples(debiased)
+        ):
+            raise ConfigError(
+                f"CKAAlignment: num_samples must be None or an integer ≥ {min_samples(debiased)} "
+                f"for the {'debiased' if debiased else 'biased'} estimator; got {num_samples!r}"
+            )
+        if not rbf_threshold > 0:
+            raise ConfigError(f"CKAAlignment: rbf_threshold must be > 0; got {rbf_threshold!r}")
+        self.weight = float(weight)
+        self.num_samples = num_samples
+        self.kernel = kernel
+        self.debiased = debiased
+        self.rbf_threshold = rbf_threshold
+        self.gather = gather
+        self.seed = seed
+        self.supports_masking = True
+        self.seed_generator = keras.random.SeedGenerator(seed)
+        self.cka_tracker = keras.metrics.Mean(name="cka")
+        self._per_thread = threading.local()
+
+    def build(self, input_shape):
+        if not isinstance(input_shape, (list, tuple)) or len(input_shape) != 2:
+            raise UserError(
+                f"CKAAlignment: expected inputs (x_seq, y_seq); got input shape {input_shape}"
+            )
+        for name, shape in zip(("x_seq", "y_seq"), input_shape):
+            if len(shape) not in (2, 3):
+                raise UserError(
+                    f"CKAAlignment: {name} must be [B, T, d] or pooled [B, d]; got shape {tuple(shape)}"
+                )
+        # Every replica computes the same global value; keep the first's.
+        self.last_cka = self.add_weight(
+            shape=(),
+            initializer="zeros",
+            trainable=False,
+            name="last_cka",
+            aggregation="only_first_replica",
+        )
+
+    def call(self, inputs, mask=None, training=None):
+        x_seq, y_seq = inputs
+        x_mask, y_mask = (None, None) if mask is None else mask
+        x, y, valid = self._vectors(x_seq, y_seq, x_mask, y_mask)
+        gather = replica_gather if self.gather is None else self.gather
+        x, y, valid = gather(x, axis=0), gather(y, axis=0), gather(valid, axis=0)
+        value = cka(
+            x,
+            y,
+            kernel=self.kernel,
+            debiased=self.debiased,
+            rbf_threshold=self.rbf_threshold,
+            mask=valid > 0.5,
+        )
+        self.add_loss(-self.weight * value)
+        counted = ops.cast(ops.sum(valid) >= min_samples(self.debiased), "float32")
+        self.cka_tracker.update_state(value, sample_weight=counted)
+        self.last_cka.assign(ops.where(counted > 0, value, self.last_cka))
+        return (x_seq, y_seq)
+
+    def _vectors(self, x_seq, y_seq, x_mask, y_mask):
+        """The rows CKA compares: `[n, d1]`, `[n, d2]` and their validity `[n]`."""
+        xs, xm = _as_sequence(x_seq, x_mask)
+        ys, ym = _as_sequence(y_seq, y_mask)
+        pooled = len(x_seq.shape) == 2 and len(y_seq.shape) == 2
+        if self.num_samples is None or pooled:
+            x_count, y_count = ops.sum(xm, axis=1), ops.sum(ym, axis=1)
+            x = ops.sum(xs, axis=1) / ops.maximum(x_count, 1.0)[:, None]
+            y = ops.sum(ys, axis=1) / ops.maximum(y_count, 1.0)[:, None]
+            valid = ops.cast((x_count > 0) & (y_count > 0), "float32")
+            return x, y, valid
+        # Each replica draws ceil(N / R) rows; the last ones drop what is
+        # over N, so the gathered batch holds N rows for any R.
+        replicas = num_replicas()
+        local = -(-self.num_samples // replicas)
+        first_row = replica_id() * local
+        keep = ops.cast(first_row + ops.arange(local, dtype="int32") < self.num_samples, "float32")
+        x, x_valid = self._sample(xs, xm, local, replicas)
+        y, y_valid = self._sample(ys, ym, local, replicas)
+        return x, y, x_valid * y_valid * keep
+
+    def _sample(self, seq, mask, count, replicas):
+        """`count` valid rows of `seq` at random positions, in batch order."""
+        dim = ops.shape(seq)[-1]
+        flat, flat_mask = ops.reshape(seq, (-1, dim)), ops.reshape(mask, (-1,))
+        size = ops.shape(flat_mask)[0]
+        # Random keys rank the valid positions; padding gets -1 and sorts
+        # last. One row of keys per replica so that replicas draw differently.
+        keys = keras.random.uniform((replicas, size), seed=self.seed_generator)
+        keys = ops.take(keys, replica_id(), axis=0)
+        keys = ops.where(flat_mask > 0, keys, -1.0)
+        # Extra -1 keys let top_k ask for more rows than the batch holds.
+        keys = ops.concatenate([keys, -ops.ones((count,), keys.dtype)])
+        top_keys, positions = ops.top_k(keys, k=count)
+        valid = top_keys >= 0.0
+        order = ops.argsort(ops.where(valid, positions, positions + size + count))
+        positions, valid = ops.take(positions, order), ops.take(valid, order)
+        rows = ops.take(flat, ops.minimum(positions, size - 1), axis=0)
+        valid = ops.cast(valid, rows.dtype)
+        return rows * valid[:, None], valid
+
+    # Keras keeps `add_loss` terms in one list per layer. Under
+    # MirroredStrategy every replica calls the layer from its own thread, and
+    # the all-gather lets the threads interleave: one replica's call clears
+    # the list after another's loss is in it, so `model.losses` would hold
+    # both replicas' terms. Each thread keeps its own list instead.
+    def _thread_losses(self):
+        if not hasattr(self._per_thread, "losses"):
+            self._per_thread.losses = []
+        return self._per_thread.losses
+
+    def add_loss(self, loss):
+        start = len(self._losses)
+        super().add_loss(loss)  # stateless scopes collect it themselves
+        self._thread_losses().extend(self._losses[start:])
+        del self._losses[start:]
+
+    def _get_own_losses(self):
+        return super()._get_own_losses() + list(self._thread_losses())
+
+    def _clear_losses(self):
+        super()._clear_losses()
+        self._thread_losses().clear()
+
+    def compute_output_spec(self, inputs, mask=None, training=None):
+        return tuple(keras.KerasTensor(t.shape, dtype=t.dtype) for t in inputs)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape)
+
+    def compute_mask(self, inputs, mask=None):
+        return mask
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "weight": self.weight,
+                "num_samples": self.num_samples,
+                "kernel": self.kernel,
+                "debiased": self.debiased,
+                "rbf_threshold": self.rbf_threshold,
+                "gather": None
+                if self.gather is None
+                else keras.saving.serialize_keras_object(self.gather),
+                "seed": self.seed,
+            }
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        if config.get("gather") is not None:
+            config["gather"] = keras.saving.deserialize_keras_object(config["gather"])
+        return cls(**config)
+
+
+def _as_sequence(seq, mask):
+    """`[B, T, d]` float32 with padding zeroed, and a float `[B, T]` mask."""
+    seq = ops.cast(seq, "float32")
+    if len(seq.shape) == 2:
+        seq = seq[:, None, :]
+        if mask is not None:
+            mask = ops.reshape(mask, (-1, 1))
+    if mask is None:
+        mask = ops.ones(ops.shape(seq)[:2], "float32")
+    mask = ops.cast(mask, "float32")
+    # where, not a product: padding may hold inf or NaN.
+    seq = ops.where(mask[..., None] > 0, seq, 0.0)
+    return seq, mask
