@@ -36,12 +36,16 @@ def build_task(config):
     return TASKS.get(config.task, key="task")(config)
 
 
-def _make_replica_step(task, model, optimizer, global_batch_size, num_replicas, clip_norm):
+def _make_replica_step(task, model, optimizer, global_batch_size, num_replicas, clip_norm, warmup_steps=0):
     variables = model.trainable_variables
 
     def replica_step(batch):
+        main_weight = 1.0
+        if warmup_steps:
+            main_weight = tf.cast(optimizer.iterations >= warmup_steps, tf.float32)
         ctx = StepContext(global_batch_size=global_batch_size, num_replicas=num_replicas,
-                          gather=distributed.replica_gather, step=optimizer.iterations)
+                          gather=distributed.replica_gather, step=optimizer.iterations,
+                          main_weight=main_weight)
         with tf.GradientTape() as tape:
             loss, metrics = task.loss_fn(model, batch, ctx)
             extra = [tf.cast(x, tf.float32) for x in model.losses]
@@ -133,7 +137,7 @@ def train(config, workdir, strategy=None, log=print):
     iterator = iter(dist_ds)
 
     replica_step = _make_replica_step(task, model, optimizer, global_batch, num_replicas,
-                                      tcfg.get("grad_clip_norm", 0.0))
+                                      tcfg.get("grad_clip_norm", 0.0), int(tcfg.get("cka_warmup_steps", 0)))
 
     @tf.function
     def train_step(it):

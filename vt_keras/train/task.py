@@ -17,7 +17,8 @@ two helpers that get the scaling right:
   global batch (after `ctx.gather`), `value / num_replicas`.
 
 Losses a model adds with `add_loss` (e.g. `CKAAlignment`) are global scalars
-and the loop divides them by `num_replicas` itself.
+and the loop divides them by `num_replicas` itself. During an alignment
+warm-up, `ctx.main_weight` is 0: a task multiplies its main objective by it.
 """
 import dataclasses
 from typing import Callable
@@ -36,6 +37,10 @@ class StepContext:
     gather: Callable  # gather(x, axis=0): the global batch on every replica
     step: object = None  # the optimizer's iteration count, a scalar tensor
     training: bool = True
+    # 0.0 during the alignment warm-up (`train.cka_warmup_steps`), 1.0 after:
+    # tasks multiply their main objective by it and keep alignment terms, so
+    # the first steps optimise the alignment (CKA) alone, as Yun et al. do.
+    main_weight: object = 1.0
 
     def mean_over_global_batch(self, per_example):
         import tensorflow as tf
