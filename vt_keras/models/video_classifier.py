@@ -9,7 +9,14 @@ modalities meet:
 - `cm_gated` (CM-G): the cross-modal aggregator, the other modality's
   influence multiplied by the frozen correlation tower's probability.
 - `cm_concat` (CM-C): the cross-modal aggregator, with the frozen tower's
-  embedding concatenated to every frame of each modality.
+  transformed *other*-modality signal concatenated to every frame of each
+  modality (`model.cm_concat="other"`, the paper's Section 3: audio
+  embedding to the video frames, video embedding to the audio frames), or
+  both embeddings to both (`"both"`).
+
+The cm_* fusions need trained tower weights: `YT8MClassification.warm_start`
+copies them from `model.tower_workdir` into the `correlation_tower` layer,
+which is frozen (not trainable, always run with `training=False`).
 
 The pooled vector goes through an optional hidden layer and context gating
 into a `MixtureOfExperts` head (the YouTube-8M MoE), optionally followed by
@@ -22,6 +29,8 @@ from vt_keras.registry import Registry
 
 AGGREGATORS = Registry("aggregator")
 FUSIONS = ("early", "late", "cm_gated", "cm_concat")
+CM_CONCAT_MODES = ("other", "both")
+TOWER_LAYER = "correlation_tower"
 
 
 def _kw(model_cfg, name):
@@ -104,10 +113,72 @@ class _Transformer:
         return CrossModalTransformerEncoder(**cls._args(cfg), name=name)
 
 
-def build_correlation_tower(model_cfg, name="correlation_tower"):
+def build_correlation_tower(model_cfg, frozen=False, name=TOWER_LAYER):
+    """The `CorrelationTower` of `model_cfg.tower` (shared by the tower task and the cm_* fusions).
+
+    `frozen=True` gives the classifier's copy: not trainable and without
+    dropout. A functional model passes its own `training` flag to every
+    layer, so a frozen tower with dropout would still drop units while the
+    classifier trains; dropout has no weights, so the trained tower's weights
+    load into this copy unchanged.
+    """
     from vt_keras.layers.correlation_tower import CorrelationTower
 
-    return CorrelationTower(**_kw(model_cfg, "tower"), name=name)
+    kw = _kw(model_cfg, "tower")
+    if frozen:
+        kw["dropout"] = 0.0
+    tower = CorrelationTower(**kw, name=name)
+    tower.trainable = not frozen
+    return tower
+
+
+def build_tower_model(model_cfg, features, max_frames=None):
+    """The correlation tower as a model over two independently masked tracks.
+
+    Args:
+        model_cfg: `config.model`; `model_cfg.tower` holds the tower's
+            hyperparameters.
+        features: `(video_name, dim), (audio_name, dim)`.
+        max_frames: the padded time length T (None: any).
+
+    Returns:
+        A `keras.Model` taking `{video_name: [B, T, Dv], audio_name: [B, T, Da],
+        "video_mask": [B, T], "audio_mask": [B, T]}` and returning the tower's
+        dict (`probability` `[B]`, `video_embedding`, `audio_embedding`,
+        `embedding`). Separate masks let the audio come from another video.
+    """
+    if len(features) != 2:
+        raise ConfigError(f"the correlation tower needs exactly two features (video, audio); "
+                          f"data.features has {len(features)}")
+    (video_name, video_dim), (audio_name, audio_dim) = features
+    inputs = {video_name: keras.Input((max_frames, video_dim), name=video_name),
+              audio_name: keras.Input((max_frames, audio_dim), name=audio_name),
+              "video_mask": keras.Input((max_frames,), dtype="bool", name="video_mask"),
+              "audio_mask": keras.Input((max_frames,), dtype="bool", name="audio_mask")}
+    tower = build_correlation_tower(model_cfg)
+    outputs = tower((inputs[video_name], inputs[audio_name]),
+                    mask=(inputs["video_mask"], inputs["audio_mask"]))
+    return keras.Model(inputs, outputs, name="correlation_tower_model")
+
+
+def cross_modal_inputs(model_cfg, tower_out, video, audio):
+    """What the cross-modal aggregator receives: `(video, audio, correlation)`.
+
+    CM-G passes the frames unchanged and the tower's probability as the gate.
+    CM-C concatenates the tower's embeddings to every frame (see the module
+    docstring) and passes no gate. Works on symbolic and eager tensors.
+    """
+    fusion = model_cfg.get("fusion", "late")
+    if fusion == "cm_gated":
+        return video, audio, tower_out["probability"]
+    mode = model_cfg.get("cm_concat", "other")
+    if mode not in CM_CONCAT_MODES:
+        raise ConfigError(f"model.cm_concat={mode!r} is unknown; expected one of {', '.join(CM_CONCAT_MODES)}")
+    if mode == "other":
+        to_video, to_audio = tower_out["audio_embedding"], tower_out["video_embedding"]
+    else:
+        to_video = to_audio = tower_out["embedding"]
+    return _concat_over_time(video, to_video), _concat_over_time(audio, to_audio), None
 
 
 def build_video_classifier(model_cfg, features, num_classes, max_frames):
@@ -149,16 +220,9 @@ def build_video_classifier(model_cfg, features, num_classes, max_frames):
         if not hasattr(agg, "cross"):
             raise ConfigError(f"model.aggregator={model_cfg.aggregator!r} has no cross-modal form; "
                               "use netvlad, rnn or transformer with a cm_* fusion")
-        tower = build_correlation_tower(model_cfg)
-        tower.trainable = False
+        tower = build_correlation_tower(model_cfg, frozen=True)
         tower_out = tower((frames[0], frames[1]), mask=(mask, mask))
-        video, audio = frames
-        correlation = None
-        if fusion == "cm_gated":
-            correlation = tower_out["probability"]
-        else:
-            video = _concat_over_time(video, tower_out["embedding"], max_frames, "video_concat")
-            audio = _concat_over_time(audio, tower_out["embedding"], max_frames, "audio_concat")
+        video, audio, correlation = cross_modal_inputs(model_cfg, tower_out, frames[0], frames[1])
         pooled = agg.cross(model_cfg, "cross_modal_aggregator")((video, audio), mask=(mask, mask),
                                                                 correlation=correlation)
 
@@ -180,6 +244,8 @@ def build_video_classifier(model_cfg, features, num_classes, max_frames):
     return keras.Model(inputs, probs, name=f"{model_cfg.get('aggregator', 'pool')}_{fusion}")
 
 
-def _concat_over_time(frames, embedding, max_frames, name):
-    tiled = keras.layers.RepeatVector(max_frames, name=f"{name}_tile")(embedding)
-    return keras.layers.Concatenate(axis=-1, name=name)([frames, keras.ops.cast(tiled, frames.dtype)])
+def _concat_over_time(frames, embedding):
+    """Appends one per-video vector `[B, E]` to every frame of `[B, T, D]`."""
+    steps = keras.ops.shape(frames)[1]
+    tiled = keras.ops.repeat(keras.ops.expand_dims(keras.ops.cast(embedding, frames.dtype), 1), steps, axis=1)
+    return keras.ops.concatenate([frames, tiled], axis=-1)

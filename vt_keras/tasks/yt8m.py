@@ -17,6 +17,24 @@ def multilabel_cross_entropy(labels, probs):
     return tf.reduce_sum(ce, axis=-1)
 
 
+def track_weights_by_path(model):
+    """Makes every weight of `model` part of TensorFlow's checkpoint graph, keyed by its path.
+
+    On the TensorFlow backend Keras 3 keeps sublayers held in Python lists
+    (the tower's dense stacks, the Transformer's blocks, CrossModalNetVLAD's
+    transforms) out of the object graph that `tf.train.Checkpoint` walks.
+    Trainable ones still reach a training checkpoint through the optimizer,
+    but a model restored without its optimizer (evaluate, export, plots) and
+    the frozen correlation tower would silently keep their initial values.
+    Weight paths depend only on the config (every sublayer with weights is
+    named), so the same config restores them one to one.
+    """
+    holder = tf.Module(name="weights_by_path")
+    holder.weights_by_path = {w.path: w for w in model.weights}
+    model.checkpoint_weights = holder
+    return model
+
+
 @TASKS.register("yt8m")
 class YT8MClassification(Task):
     """Multi-label classification of frame-level YouTube-8M records."""
@@ -29,7 +47,9 @@ class YT8MClassification(Task):
         if not d.train_pattern:
             from vt_keras.data import synthetic
 
-            root = synthetic.ensure_default_data(log=log)
+            log("embedded default data: generating it once into the cache if missing ...")
+            root = synthetic.ensure_default_data()
+            log(f"embedded default data: {root}")
             d.train_pattern = os.path.join(root, "train-*.tfrecord")
             d.eval_pattern = d.eval_pattern or os.path.join(root, "validate-*.tfrecord")
             if "test_pattern" in d and not d.test_pattern:
@@ -65,7 +85,21 @@ class YT8MClassification(Task):
     def build_model(self):
         from vt_keras.models.video_classifier import build_video_classifier
 
-        return build_video_classifier(self.config.model, self.features, self.num_classes, self.max_frames)
+        model = build_video_classifier(self.config.model, self.features, self.num_classes, self.max_frames)
+        return track_weights_by_path(model)
+
+    def warm_start(self, model):
+        """Loads the trained correlation tower of `model.tower_workdir` into a cm_* classifier.
+
+        The classifier's `correlation_tower` layer is frozen, so the loaded
+        weights stay as trained. Other fusions load nothing.
+        """
+        if not str(self.config.model.get("fusion", "late")).startswith("cm_"):
+            return
+        from vt_keras.models.video_classifier import TOWER_LAYER
+        from vt_keras.tasks.correlation_tower import load_tower_weights
+
+        load_tower_weights(model.get_layer(TOWER_LAYER), self.config)
 
     def dataset(self, pattern, batch_size, training=False, input_context=None):
         from vt_keras.data import yt8m
