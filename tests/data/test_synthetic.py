@@ -181,6 +181,12 @@ def test_ensure_default_data_generates_once_atomically(tmp_path, monkeypatch):
     assert synthetic.ensure_default_data() == path and len(calls) == 1
     assert os.listdir(tmp_path / "cache") == ["yt8m_synthetic_v1"]  # no temporary directory left
 
+    monkeypatch.setattr(synthetic, "GENERATOR", synthetic.GENERATOR + 1)  # the cached copy is now stale
+    assert synthetic.ensure_default_data() == path and len(calls) == 2
+    assert os.listdir(tmp_path / "cache") == ["yt8m_synthetic_v1"]
+    with open(os.path.join(path, "manifest.json")) as f:
+        assert json.load(f)["generator"] == synthetic.GENERATOR
+
     def interrupted(output_dir):
         with open(os.path.join(output_dir, "train-00000-of-00001.tfrecord"), "wb"):
             pass

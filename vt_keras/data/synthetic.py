@@ -45,6 +45,9 @@ from vt_keras.errors import ConfigError, DataError
 
 MANIFEST_FORMAT = "vt_keras.yt8m_synthetic"
 DEFAULT_DATASET = "yt8m_synthetic_v1"
+# Bump when a change to this file changes what a seed generates: cached
+# default datasets of another generator are then rebuilt.
+GENERATOR = 2
 SPLITS = ("train", "validate", "test")
 # Unit-variance AR(1) kernel (rho = 0.8), oldest frame first.
 _DRIFT_KERNEL = (0.8 ** np.arange(15, -1, -1)).astype(np.float32)
@@ -212,7 +215,7 @@ def make_yt8m_data(output_dir, num_videos=2000, seed=0, num_shards=4, splits=(0.
                 drift_scale=drift_scale,
                 event_scale=event_scale)
     manifest = {
-        "format": MANIFEST_FORMAT, "version": 1, "args": args, "num_classes": taxonomy.num_classes,
+        "format": MANIFEST_FORMAT, "version": 1, "generator": GENERATOR, "args": args, "num_classes": taxonomy.num_classes,
         "features": [["rgb", rgb_dim], ["audio", audio_dim]], "taxonomy": "taxonomy.json",
         "counts": dict(zip(SPLITS, counts.tolist())), "files": files,
         "audio_offset": "frames from a visual event to its audio event (positive: audio lags)",
@@ -242,29 +245,45 @@ def default_cache_dir():
     return os.environ.get("VT_KERAS_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "vt_keras")
 
 
+def _manifest_generator(path):
+    try:
+        with open(os.path.join(path, "manifest.json")) as f:
+            return json.load(f).get("generator")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def ensure_default_data(cache_dir=None):
     """Path of the default synthetic dataset, generated on first use.
 
     The dataset goes to `<cache_dir>/yt8m_synthetic_v1` (`cache_dir` defaults
     to `default_cache_dir()`). It is written to a temporary directory and
     renamed into place, so an interrupted run never leaves half a dataset and
-    concurrent first uses both end with the same complete one.
+    concurrent first uses both end with a complete one. A cached dataset from
+    another version of the generator (see `GENERATOR`) is replaced.
     """
     root = cache_dir or default_cache_dir()
     path = os.path.join(root, DEFAULT_DATASET)
-    if os.path.exists(os.path.join(path, "manifest.json")):
+    if _manifest_generator(path) == GENERATOR:
         return path
-    if os.path.exists(path):
+    if os.path.exists(path) and not os.path.exists(os.path.join(path, "manifest.json")):
         raise DataError(f"dataset directory '{path}' exists but has no manifest.json; delete it to regenerate")
     os.makedirs(root, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{DEFAULT_DATASET}.", dir=root)
+    stale = None
     try:
         make_yt8m_data(tmp)
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private; the cache is for every user of the machine
+        if os.path.exists(path) and _manifest_generator(path) != GENERATOR:
+            stale = tempfile.mkdtemp(prefix=f".{DEFAULT_DATASET}.stale.", dir=root)
+            os.rename(path, os.path.join(stale, "old"))
         try:
             os.rename(tmp, path)
         except OSError:
-            if not os.path.exists(os.path.join(path, "manifest.json")):
+            if _manifest_generator(path) != GENERATOR:
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        if stale:
+            shutil.rmtree(stale, ignore_errors=True)
     return path
