@@ -97,6 +97,7 @@ def read_checked_records(filename, size, skip_corrupt):
     sentinel element after the last record compares the bytes consumed with
     the file size, so damage is reported (or counted) rather than hidden.
     """
+    size = tf.cast(size, tf.int64)
     end = tf.data.Dataset.from_tensors((tf.constant(""), True))
     records = tf.data.TFRecordDataset(filename).ignore_errors().map(_not_last).concatenate(end)
 
