@@ -222,7 +222,8 @@ def _flip_byte_200(data):
 @pytest.mark.parametrize("damage", [lambda d: bytes(d[:-30]), _flip_byte_200], ids=["truncated", "corrupt"])
 def test_damaged_file_stops_by_default_and_is_skipped_on_request(tmp_path, rng, damage):
     pattern = _damaged_files(tmp_path, rng, damage)
-    with pytest.raises(DataError, match=r"^file '.*bad\.tfrecord' is truncated or corrupt: .* of \d+ \(after \d+ records\)$"):
+    damaged = r"^file '.*bad\.tfrecord' is truncated or corrupt: .* of \d+ \(after \d+ records\)$"
+    with pytest.raises(DataError, match=damaged):
         _read(pattern, max_frames=2)
     yt8m.reset_data_counters()
     out = _read(pattern, max_frames=2, skip_corrupt_records=True)

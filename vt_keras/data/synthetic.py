@@ -215,7 +215,8 @@ def make_yt8m_data(output_dir, num_videos=2000, seed=0, num_shards=4, splits=(0.
                 drift_scale=drift_scale,
                 event_scale=event_scale)
     manifest = {
-        "format": MANIFEST_FORMAT, "version": 1, "generator": GENERATOR, "args": args, "num_classes": taxonomy.num_classes,
+        "format": MANIFEST_FORMAT, "version": 1, "generator": GENERATOR, "args": args,
+        "num_classes": taxonomy.num_classes,
         "features": [["rgb", rgb_dim], ["audio", audio_dim]], "taxonomy": "taxonomy.json",
         "counts": dict(zip(SPLITS, counts.tolist())), "files": files,
         "audio_offset": "frames from a visual event to its audio event (positive: audio lags)",
