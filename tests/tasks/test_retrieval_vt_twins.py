@@ -1,0 +1,205 @@
+"""The "vt_twins" retrieval loss: value on model outputs, training, replicas, planted alignment, the plot binary."""
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tests.conftest import REPO_ROOT, mirrored_strategy
+from vt_keras.data.video_text_synthetic import make_video_text_data
+from vt_keras.errors import ConfigError
+from vt_keras.losses.vt_twins import vt_twins_loss
+from vt_keras.tasks import retrieval
+from vt_keras.tasks.retrieval import RetrievalTask
+from vt_keras.train import loop
+from vt_keras.train.task import StepContext
+
+CLIP_DIM = 8
+MAX_CLIPS = 5
+
+
+def quiet(*args):
+    del args
+
+
+def identity(x, axis=0):
+    del axis
+    return x
+
+
+def vt_twins_config():
+    path = os.path.join(REPO_ROOT, "configs", "retrieval", "vt_twins.py")
+    spec = importlib.util.spec_from_file_location("vt_twins_config_for_tests", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """Tiny records with shuffled and irrelevant captions, videos of 3 to 5 clips."""
+    root = str(tmp_path_factory.mktemp("vt_twins_data"))
+    make_video_text_data(root, num_videos=48, num_steps=30, clip_dim=CLIP_DIM, min_clips=3,
+                         max_clips=MAX_CLIPS, seed=3, num_shards=2, splits=(0.75, 0.25, 0.0),
+                         influential_steps=2, shuffle_fraction=0.3, irrelevant_fraction=0.25)
+    return os.path.join(root, "train-*.tfrecord"), os.path.join(root, "validate-*.tfrecord")
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("cache"))
+
+
+def tiny_config(data, cache, **overrides):
+    c = vt_twins_config()
+    c.data.train_pattern, c.data.eval_pattern = data
+    c.data.clip_dim, c.data.max_clips = CLIP_DIM, MAX_CLIPS
+    c.data.shuffle_buffer = 64
+    c.model.update(embedding_dim=16, token_embedding_dim=16, num_heads=2, max_tokens=8, dropout=0.0)
+    c.train.update(batch_size=8, num_steps=2, checkpoint_every=0, eval_every=0, log_every=1000)
+    c.optimizer.update(warmup_steps=0, decay="constant", learning_rate=3e-3)
+    for key, value in overrides.items():
+        section, name = key.split(".")
+        c[section][name] = value
+    retrieval.prepare_vocabulary(c, cache_dir=cache, log=quiet)
+    return c
+
+
+def weights(model):
+    return [np.asarray(w.numpy()) for w in model.weights]
+
+
+def _softmin(values, gamma):
+    values = np.asarray(values, np.float64)
+    low = values.min()
+    if not np.isfinite(low):
+        return low
+    return low - gamma * np.log(np.exp(-(values - low) / gamma).sum())
+
+
+def numpy_s2dtw(v, t, gamma, theta):
+    """S2DTW of one clip sequence `v [n, d]` and caption sequence `t [m, d]`, float64 loops."""
+    v = v / np.linalg.norm(v, axis=1, keepdims=True)
+    t = t / np.linalg.norm(t, axis=1, keepdims=True)
+    c = -v @ t.T
+    n, m = c.shape
+    smooth = np.empty_like(c)
+    for i in range(n):
+        for j in range(m):
+            if i == 0 and j == 0:
+                neighbours = [0.0, 0.0, 0.0]
+            else:
+                neighbours = [c[i, j - 1] if j else np.inf, c[i - 1, j] if i else np.inf,
+                              c[i - 1, j - 1] if i and j else np.inf]
+            smooth[i, j] = c[i, j] + _softmin(neighbours, gamma)
+    w = np.full((2 * n + 1, 2 * m + 1), theta)
+    w[1::2, 1::2] = smooth
+    r = np.full((2 * n + 2, 2 * m + 2), np.inf)
+    r[0, 0] = 0.0
+    for i in range(1, 2 * n + 2):
+        for j in range(1, 2 * m + 2):
+            r[i, j] = w[i - 1, j - 1] + _softmin([r[i - 1, j - 1], r[i - 1, j], r[i, j - 1]], gamma)
+    return r[-1, -1]
+
+
+def numpy_vt_twins(video, text, video_mask, text_mask, gamma, theta, tau):
+    """Text-anchored InfoNCE over S[p, q] = S2DTW(video q, text p) of the valid rows."""
+    b = len(video)
+    s = np.array([[numpy_s2dtw(video[q][video_mask[q]], text[p][text_mask[p]], gamma, theta) for q in range(b)]
+                  for p in range(b)])
+    logits = -s / tau
+    top = logits.max(axis=1, keepdims=True)
+    lse = top[:, 0] + np.log(np.exp(logits - top).sum(axis=1))
+    return float(np.mean(lse - np.diag(logits)))
+
+
+def numpy_info_nce(v, t, tau):
+    s = v @ t.T / tau
+
+    def ce(x):
+        x = x - x.max(axis=1, keepdims=True)
+        return np.mean(np.log(np.exp(x).sum(axis=1)) - np.diag(x))
+
+    return 0.5 * (ce(s) + ce(s.T))
+
+
+def test_config_defaults_follow_the_paper():
+    c = vt_twins_config()
+    assert c.loss.name == "vt_twins" and c.task == "retrieval"
+    assert (c.loss.gamma, c.loss.theta, c.loss.temperature) == (0.1, 0.5, 0.02)
+    assert not c.loss.symmetric and not c.loss.augment and c.loss.info_nce_weight == 0.0
+    assert "vt_twins" in retrieval.RETRIEVAL_LOSSES
+
+
+@pytest.mark.parametrize("info_nce_weight", [0.0, 0.7])
+def test_task_loss_is_vt_twins_of_the_clip_and_caption_sequences(data, cache, info_nce_weight):
+    config = tiny_config(data, cache, **{"loss.info_nce_weight": info_nce_weight, "loss.temperature": 0.1})
+    task = RetrievalTask(config)
+    model = task.build_model()
+    batch = next(iter(task.dataset(data[0], 6)))
+    lengths = batch["num_clips"].numpy()
+    assert lengths.min() < lengths.max(), "the batch should mix sequence lengths (masks matter)"
+    loss, metrics = task.loss_fn(model, batch, StepContext(global_batch_size=6, num_replicas=1, gather=identity))
+    out = model(task.model_inputs(batch), training=False)  # dropout 0: the training outputs
+    direct = vt_twins_loss(out["video_sequence"], out["text_sequence"], out["video_mask"], out["text_mask"],
+                           gamma=0.1, theta=0.5, temperature=0.1)
+    as_np = {k: np.asarray(v, np.float64) for k, v in out.items()}
+    reference = numpy_vt_twins(as_np["video_sequence"], as_np["text_sequence"], as_np["video_mask"] > 0,
+                               as_np["text_mask"] > 0, 0.1, 0.5, 0.1)
+    pooled = numpy_info_nce(as_np["video"], as_np["text"], 0.05)
+    np.testing.assert_allclose(float(direct), reference, rtol=1e-4)
+    np.testing.assert_allclose(float(metrics["vt_twins"]), float(direct) + info_nce_weight * pooled, rtol=1e-5)
+    np.testing.assert_allclose(float(loss), float(metrics["vt_twins"]), rtol=1e-6)
+    # One of two replicas contributes half of the global loss (the trainer sums them).
+    half, _ = task.loss_fn(model, batch, StepContext(6, 2, identity))
+    np.testing.assert_allclose(float(half), float(loss) / 2, rtol=1e-6)
+
+
+def test_bad_loss_settings_name_the_key(data, cache):
+    for key, value, fragment in (("loss.temperature", 0.0, "loss.temperature=0.0"),
+                                 ("loss.gamma", -1.0, "loss.gamma=-1.0"),
+                                 ("loss.info_nce_weight", -0.5, "loss.info_nce_weight=-0.5")):
+        config = tiny_config(data, cache, **{key: value})
+        task = RetrievalTask(config)
+        model = task.build_model()
+        batch = next(iter(task.dataset(data[0], 4)))
+        with pytest.raises(ConfigError, match=fragment.replace(".", r"\.")):
+            task.loss_fn(model, batch, StepContext(4, 1, identity))
+
+
+def test_training_steps_run_with_finite_loss(data, cache, tmp_path):
+    # With the temporal augmentation: its stateless seeds must work inside the compiled step.
+    config = tiny_config(data, cache, **{"loss.augment": True, "train.num_steps": 3, "train.log_every": 1})
+    logged = []
+    results, model = loop.train(config, str(tmp_path / "w"), strategy=tf.distribute.OneDeviceStrategy("/cpu:0"),
+                                log=logged.append)
+    losses = [float(line.split("loss=")[1].split()[0]) for line in logged if line.startswith("step ")]
+    assert len(losses) == 3 and all(np.isfinite(losses)), logged
+    assert results["num_videos"] == 12 and np.isfinite(results["t2v/MnR"])
+    with open(tmp_path / "w" / "metrics.json") as f:
+        assert json.load(f)["step"] == 3
+    fresh = RetrievalTask(config).build_model()
+    assert sum(not np.allclose(a, b) for a, b in zip(weights(fresh), weights(model))) > 0
+
+
+@pytest.mark.slow
+def test_two_replicas_match_one_device(data, cache, tmp_path, logical_cpus):
+    # Plain SGD: the weights move by exactly the summed gradients.
+    config = tiny_config(data, cache, **{"train.num_steps": 1, "optimizer.name": "sgd",
+                                         "optimizer.learning_rate": 0.5, "loss.info_nce_weight": 0.5})
+    config.optimizer.momentum = 0.0
+    _, one = loop.train(config, str(tmp_path / "one"), strategy=tf.distribute.OneDeviceStrategy(logical_cpus[0]),
+                        log=quiet)
+    _, two = loop.train(config, str(tmp_path / "two"), strategy=mirrored_strategy(logical_cpus), log=quiet)
+    fresh = RetrievalTask(config).build_model()
+    w0, w1, w2 = weights(fresh), weights(one), weights(two)
+    assert len(w1) == len(w2) > 0
+    moved = 0
+    for a, b, start in zip(w1, w2, w0):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+        moved += not np.allclose(a, start)
+    assert moved > 0
