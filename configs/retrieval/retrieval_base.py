@@ -52,10 +52,10 @@ def get_base_config(loss="info_nce"):
 
     c.train = ml_collections.ConfigDict()
     c.train.batch_size = 64  # global batch: more in-batch negatives make InfoNCE harder (CLIP: 32768)
-    c.train.num_steps = 1500  # about 100 epochs of the 960 default training videos
-    c.train.checkpoint_every = 500
+    c.train.num_steps = 1000  # about 67 epochs of the 960 default training videos
+    c.train.checkpoint_every = 250
     c.train.log_every = 100
-    c.train.eval_every = 500  # 0: evaluate at the end only
+    c.train.eval_every = 250  # 0: evaluate at the end only
     c.train.grad_clip_norm = 0.0  # 0: no clipping of the global gradient norm
     c.train.keep_checkpoints = 3
 

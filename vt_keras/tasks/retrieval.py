@@ -12,7 +12,10 @@ Losses are entries of `RETRIEVAL_LOSSES`. An entry is a function
 `(outputs, batch, ctx, loss_config) -> scalar` that returns the loss over the
 *global* batch (gathering with `ctx.gather`); `outputs` is the `DualEncoder`'s
 output dict, `batch` the parsed records, `ctx` the loop's `StepContext`. A new
-loss plugs in with `@RETRIEVAL_LOSSES.register("name")`. With
+loss plugs in with `@RETRIEVAL_LOSSES.register("name")`. An entry with state
+(CrossCLR's queue) also has an attribute `make_state(config)`: the task calls
+it in `build_model` (inside `strategy.scope()`), passes the result to the
+entry as `state=` and checkpoints it through `trackables()`. With
 `loss.cka_weight = w > 0` the task adds `-w · CKA(video, text)` of the pooled
 embeddings over the global batch (Yun et al., LREC 2022) and reports `cka`.
 
@@ -139,6 +142,7 @@ class RetrievalTask(Task):
         lcfg = config.loss
         self.loss_entry = RETRIEVAL_LOSSES.get(lcfg.name, key="loss.name")
         self.cka_weight = float(lcfg.get("cka_weight", 0.0))
+        self.loss_state = None  # see build_model
         if self.cka_weight < 0:
             raise ConfigError(f"loss.cka_weight={self.cka_weight}: expected >= 0 (0 turns CKA off)")
 
@@ -193,6 +197,12 @@ class RetrievalTask(Task):
             max_tokens=int(m.max_tokens), dropout=float(m.dropout), num_oov_buckets=int(m.num_oov_buckets),
             name="dual_encoder")
         model.build()
+        # A loss entry with `make_state(config)` owns variables (CrossCLR's queue). build_model runs
+        # inside strategy.scope(), so they are made here; loss_fn passes them as `state=` and
+        # trackables() puts them into checkpoints.
+        make_state = getattr(self.loss_entry, "make_state", None)
+        if make_state is not None:
+            self.loss_state = make_state(self.config)
         # The Transformer blocks live in Python lists: make them reach checkpoints.
         return track_weights_by_path(model)
 
@@ -218,10 +228,13 @@ class RetrievalTask(Task):
 
         return {k: batch[k] for k in INPUT_KEYS}
 
+    # Straight-line graph code: skipping autograph saves seconds of tracing per run.
+    @tf.autograph.experimental.do_not_convert
     def loss_fn(self, model, batch, ctx):
         outputs = model(self.model_inputs(batch), training=True)
         lcfg = self.config.loss
-        value = tf.cast(self.loss_entry(outputs, batch, ctx, lcfg), tf.float32)
+        extra = {} if self.loss_state is None else {"state": self.loss_state}
+        value = tf.cast(self.loss_entry(outputs, batch, ctx, lcfg, **extra), tf.float32)
         metrics = {str(lcfg.name): value}
         if self.cka_weight > 0:
             from vt_keras.losses.cka import cka
@@ -232,13 +245,16 @@ class RetrievalTask(Task):
             metrics["cka"] = alignment
         return ctx.global_scalar(value), metrics
 
+    def trackables(self):
+        return {} if self.loss_state is None else {"loss_state": self.loss_state}
+
     def embed(self, model, pattern, batch_size=None):
         """`(ids, video [N, E], text [N, E])` of every record of `pattern`, pooled as in training."""
         from vt_keras.data.video_text import data_errors
 
         batch_size = batch_size or int(self.config.get("eval", {}).get("batch_size", 256))
 
-        @tf.function(reduce_retracing=True)
+        @tf.function(reduce_retracing=True, autograph=False)
         def forward(batch):
             out = model(self.model_inputs(batch), training=False)
             return out["video"], out["text"]
