@@ -11,10 +11,14 @@ import tensorflow as tf
 
 from tests.conftest import REPO_ROOT, mirrored_strategy
 from vt_keras.data.video_text_synthetic import make_video_text_data
-from vt_keras.errors import ConfigError
+from vt_keras.cli.plot_alignment import plot_alignment
+from vt_keras.data.video_text import make_video_text_example, write_video_text_records
+from vt_keras.data.video_text_synthetic import synthesize_video_text
+from vt_keras.errors import ConfigError, DataError
 from vt_keras.losses.vt_twins import vt_twins_loss
 from vt_keras.tasks import retrieval
 from vt_keras.tasks.retrieval import RetrievalTask
+from vt_keras.tasks.retrieval_vt_twins import pair_alignments, planted_alignment_scores, read_planted_alignment
 from vt_keras.train import loop
 from vt_keras.train.task import StepContext
 
@@ -39,13 +43,15 @@ def vt_twins_config():
     return module.get_config()
 
 
+SYNTHETIC = dict(num_videos=48, num_steps=30, clip_dim=CLIP_DIM, min_clips=3, max_clips=MAX_CLIPS, seed=3,
+                 influential_steps=2, shuffle_fraction=0.3, irrelevant_fraction=0.25)
+
+
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     """Tiny records with shuffled and irrelevant captions, videos of 3 to 5 clips."""
     root = str(tmp_path_factory.mktemp("vt_twins_data"))
-    make_video_text_data(root, num_videos=48, num_steps=30, clip_dim=CLIP_DIM, min_clips=3,
-                         max_clips=MAX_CLIPS, seed=3, num_shards=2, splits=(0.75, 0.25, 0.0),
-                         influential_steps=2, shuffle_fraction=0.3, irrelevant_fraction=0.25)
+    make_video_text_data(root, num_shards=2, splits=(0.75, 0.25, 0.0), **SYNTHETIC)
     return os.path.join(root, "train-*.tfrecord"), os.path.join(root, "validate-*.tfrecord")
 
 
@@ -81,8 +87,8 @@ def _softmin(values, gamma):
     return low - gamma * np.log(np.exp(-(values - low) / gamma).sum())
 
 
-def numpy_s2dtw(v, t, gamma, theta):
-    """S2DTW of one clip sequence `v [n, d]` and caption sequence `t [m, d]`, float64 loops."""
+def numpy_weak_matrix(v, t, gamma, theta):
+    """The weak-alignment matrix of clips `v [n, d]` and captions `t [m, d]`, float64 loops."""
     v = v / np.linalg.norm(v, axis=1, keepdims=True)
     t = t / np.linalg.norm(t, axis=1, keepdims=True)
     c = -v @ t.T
@@ -98,12 +104,20 @@ def numpy_s2dtw(v, t, gamma, theta):
             smooth[i, j] = c[i, j] + _softmin(neighbours, gamma)
     w = np.full((2 * n + 1, 2 * m + 1), theta)
     w[1::2, 1::2] = smooth
-    r = np.full((2 * n + 2, 2 * m + 2), np.inf)
+    return w
+
+
+def numpy_soft_dtw(w, gamma):
+    r = np.full((w.shape[0] + 1, w.shape[1] + 1), np.inf)
     r[0, 0] = 0.0
-    for i in range(1, 2 * n + 2):
-        for j in range(1, 2 * m + 2):
+    for i in range(1, w.shape[0] + 1):
+        for j in range(1, w.shape[1] + 1):
             r[i, j] = w[i - 1, j - 1] + _softmin([r[i - 1, j - 1], r[i - 1, j], r[i, j - 1]], gamma)
     return r[-1, -1]
+
+
+def numpy_s2dtw(v, t, gamma, theta):
+    return numpy_soft_dtw(numpy_weak_matrix(v, t, gamma, theta), gamma)
 
 
 def numpy_vt_twins(video, text, video_mask, text_mask, gamma, theta, tau):
@@ -171,16 +185,24 @@ def test_bad_loss_settings_name_the_key(data, cache):
             task.loss_fn(model, batch, StepContext(4, 1, identity))
 
 
-def test_training_steps_run_with_finite_loss(data, cache, tmp_path):
-    # With the temporal augmentation: its stateless seeds must work inside the compiled step.
+@pytest.fixture(scope="module")
+def trained(data, cache, tmp_path_factory):
+    """Three steps of configs/retrieval/vt_twins.py, with the temporal augmentation (its stateless
+    seeds must work inside the compiled step): (config, workdir, results, model, log lines)."""
     config = tiny_config(data, cache, **{"loss.augment": True, "train.num_steps": 3, "train.log_every": 1})
+    workdir = str(tmp_path_factory.mktemp("trained") / "w")
     logged = []
-    results, model = loop.train(config, str(tmp_path / "w"), strategy=tf.distribute.OneDeviceStrategy("/cpu:0"),
+    results, model = loop.train(config, workdir, strategy=tf.distribute.OneDeviceStrategy("/cpu:0"),
                                 log=logged.append)
+    return config, workdir, results, model, logged
+
+
+def test_training_steps_run_with_finite_loss(trained):
+    config, workdir, results, model, logged = trained
     losses = [float(line.split("loss=")[1].split()[0]) for line in logged if line.startswith("step ")]
     assert len(losses) == 3 and all(np.isfinite(losses)), logged
     assert results["num_videos"] == 12 and np.isfinite(results["t2v/MnR"])
-    with open(tmp_path / "w" / "metrics.json") as f:
+    with open(os.path.join(workdir, "metrics.json")) as f:
         assert json.load(f)["step"] == 3
     fresh = RetrievalTask(config).build_model()
     assert sum(not np.allclose(a, b) for a, b in zip(weights(fresh), weights(model))) > 0
@@ -203,3 +225,96 @@ def test_two_replicas_match_one_device(data, cache, tmp_path, logical_cpus):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
         moved += not np.allclose(a, start)
     assert moved > 0
+
+
+def test_planted_ground_truth_is_read_back_from_the_records(data, tmp_path):
+    videos, _ = synthesize_video_text(**SYNTHETIC)
+    truth = read_planted_alignment([data[0], data[1]])
+    assert len(truth) == len(videos) == 48
+    for video in videos:
+        for key in ("clip_step", "caption_step", "caption_kind"):
+            np.testing.assert_array_equal(truth[video["id"]][key], video[key])
+    assert any((t["caption_kind"] == 2).any() for t in truth.values())
+    # Real records carry no ground truth.
+    plain = str(tmp_path / "plain.tfrecord")
+    write_video_text_records(plain, [make_video_text_example("v", np.ones((2, CLIP_DIM), np.float32), ["a b", "c"])])
+    assert read_planted_alignment(plain) == {}
+
+
+def test_pair_alignments_are_s2dtw_and_its_gradient(rng):
+    gamma, theta = 0.3, 0.5
+    video, text = rng.normal(size=(2, 3, 4)), rng.normal(size=(2, 4, 4))
+    vlen, tlen = np.array([3, 2]), np.array([4, 3])
+    cost, value, align = pair_alignments(video, text, vlen, tlen, gamma, theta)
+    for p in range(2):
+        v, t = video[p, :vlen[p]], text[p, :tlen[p]]
+        expected_cost = -(v / np.linalg.norm(v, axis=1, keepdims=True)) @ (t / np.linalg.norm(t, axis=1, keepdims=True)).T
+        np.testing.assert_allclose(cost[p, :vlen[p], :tlen[p]], expected_cost, atol=1e-5)
+        w = numpy_weak_matrix(v, t, gamma, theta)
+        np.testing.assert_allclose(value[p], numpy_soft_dtw(w, gamma), rtol=1e-4, atol=1e-5)
+        # Central differences of the float64 recursion, cell by cell.
+        grad = np.zeros_like(w)
+        for idx in np.ndindex(*w.shape):
+            step = np.zeros_like(w)
+            step[idx] = 1e-5
+            grad[idx] = (numpy_soft_dtw(w + step, gamma) - numpy_soft_dtw(w - step, gamma)) / 2e-5
+        rows, cols = w.shape
+        np.testing.assert_allclose(align[p, :rows, :cols], grad, atol=2e-4)
+        assert np.all(align[p, rows:] == 0) and np.all(align[p, :, cols:] == 0)
+
+
+def test_planted_scores_match_a_numpy_recount(trained, data):
+    config, _, _, model, _ = trained
+    task = RetrievalTask(config)
+    scores = planted_alignment_scores(task, model, data[1], batch_size=5)
+    truth = {v["id"]: v for v in synthesize_video_text(**SYNTHETIC)[0]}
+    batch = next(iter(task.dataset(data[1], 100)))
+    out = model(task.model_inputs(batch), training=False)
+    hits, relevant, irrelevant = [], [], []
+    for b, vid in enumerate(v.decode() for v in batch["id"].numpy()):
+        n = int(batch["num_clips"][b])
+        sim = np.asarray(out["video_sequence"][b, :n], np.float64) @ np.asarray(out["text_sequence"][b, :n], np.float64).T
+        t = truth[vid]
+        for j in range(n):
+            best = sim[:, j].max()
+            if t["caption_kind"][j] == 2:
+                irrelevant.append(best)
+            else:
+                relevant.append(best)
+                hits.append(t["clip_step"][np.argmax(sim[:, j])] == t["caption_step"][j])
+    auc = np.mean([(r > i) + 0.5 * (r == i) for r in relevant for i in irrelevant])
+    assert scores["num_videos"] == 12
+    assert scores["caption_to_clip_accuracy"] == pytest.approx(np.mean(hits))
+    assert scores["irrelevant_auc"] == pytest.approx(auc)
+    assert 0.0 <= scores["alignment_on_truth"] <= 1.0
+    assert scores["relevant_caption_mass"] > 0 and scores["irrelevant_caption_mass"] >= 0
+
+
+def test_plot_alignment_draws_a_positive_and_a_hard_negative_pair(trained, data, tmp_path):
+    _, workdir, _, _, _ = trained
+    output = str(tmp_path / "alignment.png")
+    drawn = plot_alignment(workdir, data[1], output, scores_output=str(tmp_path / "scores.json"))
+    with open(output, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    assert os.path.getsize(output) < 200_000
+    truth = read_planted_alignment(data[1])
+    # By default: the first video with a planted irrelevant caption.
+    assert (truth[drawn["video_id"]]["caption_kind"] == 2).any()
+    assert drawn["negative_id"] != drawn["video_id"] and len(drawn["s2dtw"]) == 2
+    with open(tmp_path / "scores.json") as f:
+        assert json.load(f)["num_videos"] == 12
+    with pytest.raises(DataError, match="--video_id=nope is not among the 12 videos"):
+        plot_alignment(workdir, data[1], output, video_id="nope")
+
+
+@pytest.mark.slow
+def test_bin_plot_alignment_writes_a_png(trained, data, tmp_path):
+    _, workdir, _, _, _ = trained
+    vid = sorted(read_planted_alignment(data[1]))[-1]
+    output = str(tmp_path / "a.png")
+    proc = subprocess.run([sys.executable, os.path.join(REPO_ROOT, "bin", "plot_alignment"), f"--workdir={workdir}",
+                           f"--data={data[1]}", f"--video_id={vid}", f"--output={output}"], capture_output=True,
+                          text=True, timeout=600, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"wrote {output}: video {vid}" in proc.stdout and "caption_to_clip_accuracy=" in proc.stdout
+    assert os.path.getsize(output) > 10_000

@@ -109,3 +109,113 @@ def vt_twins_retrieval_loss(outputs, batch, ctx, loss_config):
                           temperature=float(loss_config.get("info_nce_temperature", 0.05)), gather=ctx.gather)
         loss = loss + weight * tf.cast(pooled, loss.dtype)
     return loss
+
+
+PLANTED_KEYS = ("clip_step", "caption_step", "caption_kind")
+
+
+def read_planted_alignment(pattern):
+    """`{video id: {"clip_step", "caption_step", "caption_kind": int arrays}}` of synthetic records.
+
+    Records without the `synthetic/*` context keys (real data) are left out,
+    so an empty dict means the ground truth is unknown.
+    """
+    from vt_keras.data.video_text import data_errors, list_files
+
+    spec = {"id": tf.io.RaggedFeature(tf.string)}
+    spec.update({f"synthetic/{k}": tf.io.RaggedFeature(tf.int64) for k in PLANTED_KEYS})
+    truth = {}
+    with data_errors():
+        for records in tf.data.TFRecordDataset(list_files(pattern)).batch(256):
+            context, _, _ = tf.io.parse_sequence_example(records, context_features=spec)
+            ids = context["id"].to_list()
+            values = {k: context[f"synthetic/{k}"].to_list() for k in PLANTED_KEYS}
+            for i, vid in enumerate(ids):
+                if vid and len(values["caption_kind"][i]):
+                    truth[vid[0].decode("utf-8")] = {k: np.asarray(values[k][i], np.int64) for k in PLANTED_KEYS}
+    return truth
+
+
+def pair_alignments(video, text, video_lengths, text_lengths, gamma=0.1, theta=0.5):
+    """Cost, S2DTW value and expected weak alignment of row-paired clip and caption sequences.
+
+    Call: `pair_alignments(video [P, n, E], text [P, m, E], video_lengths [P],
+    text_lengths [P]) → (cost [P, n, m], s2dtw [P], alignment [P, 2n + 1, 2m + 1])`
+    as numpy arrays, for sequences with their valid rows first. `cost` is the
+    shifted cosine distance `−⟨v_i, t_j⟩` of normalised rows; `alignment` is
+    `∂ S2DTW / ∂ W` on the weak-alignment matrix, so cell `(2i + 1, 2j + 1)`
+    is the expected use of the pair (clip i, caption j) and the others the
+    expected use of the θ cells that let a path skip clips or captions.
+    """
+    import keras
+
+    from vt_keras.losses.soft_dtw import soft_dtw, soft_dtw_alignment
+    from vt_keras.losses.vt_twins import local_neighborhood_smoothing, weak_alignment_matrix
+
+    def normalise(x):
+        x = keras.ops.cast(x, "float32")
+        return x * keras.ops.rsqrt(keras.ops.maximum(keras.ops.sum(x * x, axis=-1, keepdims=True), 1e-12))
+
+    cost = -keras.ops.einsum("pid,pjd->pij", normalise(video), normalise(text))
+    weak = weak_alignment_matrix(local_neighborhood_smoothing(cost, gamma), theta)
+    rows = 2 * keras.ops.cast(video_lengths, "int32") + 1
+    cols = 2 * keras.ops.cast(text_lengths, "int32") + 1
+    value = soft_dtw(weak, gamma, row_lengths=rows, col_lengths=cols)
+    alignment = soft_dtw_alignment(weak, gamma, row_lengths=rows, col_lengths=cols)
+    return np.asarray(cost), np.asarray(value), np.asarray(alignment)
+
+
+def planted_alignment_scores(task, model, pattern, gamma=0.1, theta=0.5, batch_size=64):
+    """How well a model's clip–caption similarities and S2DTW alignments find the planted truth.
+
+    For every video of `pattern` with planted ground truth (caption kinds 0
+    aligned, 1 shuffled with a neighbour, 2 irrelevant), on its own captions:
+
+    - `caption_to_clip_accuracy`: for captions of a step the video shows
+      (kinds 0 and 1), how often the most similar clip is that step's clip
+      (chance: about 1/n);
+    - `irrelevant_auc`: AUC of separating relevant from irrelevant captions
+      by their best clip similarity (0.5: chance);
+    - `alignment_on_truth`: of the expected S2DTW alignment mass on real
+      (clip, caption) cells, the fraction on cells whose caption describes
+      that clip;
+    - `irrelevant_caption_mass`, `relevant_caption_mass`: the mean expected
+      alignment mass of an irrelevant / a relevant caption's column (a
+      caption skipped through θ cells gets little).
+
+    Returns a dict of floats plus `num_videos` (0 when no record has ground truth).
+    """
+    truth = read_planted_alignment(pattern)
+    hits, auc_pos, auc_neg, on_truth, real_mass, masses = [], [], [], 0.0, 0.0, {0: [], 2: []}
+    scored = 0
+    for batch in task.dataset(pattern, batch_size):
+        ids = [v.decode("utf-8") for v in batch["id"].numpy()]
+        out = model(task.model_inputs(batch), training=False)
+        vlen = np.sum(np.asarray(out["video_mask"]), axis=1)
+        tlen = np.sum(np.asarray(out["text_mask"]), axis=1)
+        cost, _, align = pair_alignments(out["video_sequence"], out["text_sequence"], vlen, tlen, gamma, theta)
+        for b, vid in enumerate(ids):
+            if vid not in truth:
+                continue
+            t, scored = truth[vid], scored + 1
+            n, m = int(vlen[b]), int(tlen[b])
+            clip_step, caption_step, kind = t["clip_step"][:n], t["caption_step"][:m], t["caption_kind"][:m]
+            sim = -cost[b, :n, :m]
+            match = clip_step[:, None] == caption_step[None, :]
+            mass = align[b, 1:2 * n:2, 1:2 * m:2]
+            on_truth += float(mass[match].sum())
+            real_mass += float(mass.sum())
+            for j in range(m):
+                relevant = kind[j] != 2
+                (auc_pos if relevant else auc_neg).append(sim[:, j].max())
+                masses[0 if relevant else 2].append(float(mass[:, j].sum()))
+                if relevant and match[:, j].any():
+                    hits.append(bool(match[np.argmax(sim[:, j]), j]))
+    if not hits:
+        return {"num_videos": 0}
+    pos, neg = np.asarray(auc_pos)[:, None], np.asarray(auc_neg)[None, :]
+    auc = float(np.mean((pos > neg) + 0.5 * (pos == neg))) if neg.size else float("nan")
+    return {"num_videos": scored, "caption_to_clip_accuracy": float(np.mean(hits)), "irrelevant_auc": auc,
+            "alignment_on_truth": on_truth / max(real_mass, 1e-12),
+            "relevant_caption_mass": float(np.mean(masses[0])),
+            "irrelevant_caption_mass": float(np.mean(masses[2])) if masses[2] else float("nan")}
