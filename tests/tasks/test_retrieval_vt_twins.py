@@ -18,7 +18,8 @@ from vt_keras.errors import ConfigError, DataError
 from vt_keras.losses.vt_twins import vt_twins_loss
 from vt_keras.tasks import retrieval
 from vt_keras.tasks.retrieval import RetrievalTask
-from vt_keras.tasks.retrieval_vt_twins import pair_alignments, planted_alignment_scores, read_planted_alignment
+from vt_keras.tasks.retrieval_vt_twins import (embed_sequences, pair_alignments, planted_alignment_scores,
+                                               read_planted_alignment, s2dtw_retrieval_metrics)
 from vt_keras.train import loop
 from vt_keras.train.task import StepContext
 
@@ -263,24 +264,27 @@ def test_pair_alignments_are_s2dtw_and_its_gradient(rng):
         assert np.all(align[p, rows:] == 0) and np.all(align[p, :, cols:] == 0)
 
 
-def test_planted_scores_match_a_numpy_recount(trained, data):
+def test_planted_scores_and_s2dtw_retrieval_match_a_numpy_recount(trained, data):
     config, _, _, model, _ = trained
     task = RetrievalTask(config)
-    scores = planted_alignment_scores(task, model, data[1], batch_size=5)
+    embedded = embed_sequences(task, model, data[1], batch_size=5)
+    scores = planted_alignment_scores(embedded, read_planted_alignment(data[1]))
     truth = {v["id"]: v for v in synthesize_video_text(**SYNTHETIC)[0]}
     batch = next(iter(task.dataset(data[1], 100)))
+    assert embedded["ids"] == [v.decode() for v in batch["id"].numpy()]
     out = model(task.model_inputs(batch), training=False)
+    video, text = np.asarray(out["video_sequence"], np.float64), np.asarray(out["text_sequence"], np.float64)
     hits, relevant, irrelevant = [], [], []
-    for b, vid in enumerate(v.decode() for v in batch["id"].numpy()):
-        n = int(batch["num_clips"][b])
-        sim = np.asarray(out["video_sequence"][b, :n], np.float64) @ np.asarray(out["text_sequence"][b, :n], np.float64).T
+    lengths = batch["num_clips"].numpy()
+    for b, vid in enumerate(embedded["ids"]):
+        n = lengths[b]
+        sim = video[b, :n] @ text[b, :n].T
         t = truth[vid]
         for j in range(n):
-            best = sim[:, j].max()
             if t["caption_kind"][j] == 2:
-                irrelevant.append(best)
+                irrelevant.append(sim[:, j].max())
             else:
-                relevant.append(best)
+                relevant.append(sim[:, j].max())
                 hits.append(t["clip_step"][np.argmax(sim[:, j])] == t["caption_step"][j])
     auc = np.mean([(r > i) + 0.5 * (r == i) for r in relevant for i in irrelevant])
     assert scores["num_videos"] == 12
@@ -288,6 +292,16 @@ def test_planted_scores_match_a_numpy_recount(trained, data):
     assert scores["irrelevant_auc"] == pytest.approx(auc)
     assert 0.0 <= scores["alignment_on_truth"] <= 1.0
     assert scores["relevant_caption_mass"] > 0 and scores["irrelevant_caption_mass"] >= 0
+    # Retrieval ranked by S2DTW: brute force over every (captions, video) pair.
+    s = np.array([[numpy_s2dtw(video[q, :lengths[q]], text[p, :lengths[p]], 0.1, 0.5) for q in range(12)]
+                  for p in range(12)])
+    t2v_ranks = [(s[p] <= s[p, p]).sum() for p in range(12)]
+    v2t_ranks = [(s[:, q] <= s[q, q]).sum() for q in range(12)]
+    ranked = s2dtw_retrieval_metrics(embedded)
+    for prefix, r in (("s2dtw_t2v", t2v_ranks), ("s2dtw_v2t", v2t_ranks)):
+        assert ranked[f"{prefix}/R@1"] == pytest.approx(100.0 * np.mean(np.array(r) <= 1))
+        assert ranked[f"{prefix}/R@5"] == pytest.approx(100.0 * np.mean(np.array(r) <= 5))
+        assert ranked[f"{prefix}/MnR"] == pytest.approx(np.mean(r))
 
 
 def test_plot_alignment_draws_a_positive_and_a_hard_negative_pair(trained, data, tmp_path):
@@ -302,7 +316,8 @@ def test_plot_alignment_draws_a_positive_and_a_hard_negative_pair(trained, data,
     assert (truth[drawn["video_id"]]["caption_kind"] == 2).any()
     assert drawn["negative_id"] != drawn["video_id"] and len(drawn["s2dtw"]) == 2
     with open(tmp_path / "scores.json") as f:
-        assert json.load(f)["num_videos"] == 12
+        saved = json.load(f)
+    assert saved["num_videos"] == 12 and "s2dtw_t2v/R@1" in saved
     with pytest.raises(DataError, match="--video_id=nope is not among the 12 videos"):
         plot_alignment(workdir, data[1], output, video_id="nope")
 

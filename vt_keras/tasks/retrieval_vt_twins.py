@@ -31,7 +31,7 @@ results, model = vt_keras.train.loop.train(config, "runs/vt_twins")
 import numpy as np
 import tensorflow as tf
 
-from vt_keras.errors import ConfigError
+from vt_keras.errors import ConfigError, DataError
 from vt_keras.tasks.retrieval import RETRIEVAL_LOSSES
 
 
@@ -165,11 +165,68 @@ def pair_alignments(video, text, video_lengths, text_lengths, gamma=0.1, theta=0
     return np.asarray(cost), np.asarray(value), np.asarray(alignment)
 
 
-def planted_alignment_scores(task, model, pattern, gamma=0.1, theta=0.5, batch_size=64):
+def embed_sequences(task, model, pattern, batch_size=256):
+    """Per-clip and per-caption embeddings of every video of `pattern`, valid rows first.
+
+    Returns a dict of numpy arrays: `ids` (str), `captions` (lists of the valid
+    captions), `caption_index` (their positions in the record), `video`
+    `[V, N, E]`, `text` `[V, M, E]` (padding rows zero), `video_lengths`,
+    `text_lengths` `[V]`.
+    """
+    from vt_keras.data.video_text import data_errors
+
+    parts = {k: [] for k in ("ids", "captions", "caption_index", "video", "text", "video_lengths", "text_lengths")}
+    with data_errors():
+        for batch in task.dataset(pattern, batch_size):
+            out = model(task.model_inputs(batch), training=False)
+            vmask, tmask = np.asarray(out["video_mask"], bool), np.asarray(out["text_mask"], bool)
+            video, text = np.asarray(out["video_sequence"], np.float32), np.asarray(out["text_sequence"], np.float32)
+            captions = batch["captions"].numpy()
+            for b, vid in enumerate(batch["id"].numpy()):
+                keep = np.flatnonzero(tmask[b])  # a caption may be empty: move the valid ones first
+                video_b, text_b = np.zeros_like(video[b]), np.zeros_like(text[b])
+                video_b[:vmask[b].sum()] = video[b][vmask[b]]
+                text_b[:keep.size] = text[b][keep]
+                parts["ids"].append(vid.decode("utf-8"))
+                parts["captions"].append([captions[b, j].decode("utf-8") for j in keep])
+                parts["caption_index"].append(keep)
+                parts["video"].append(video_b)
+                parts["text"].append(text_b)
+                parts["video_lengths"].append(int(vmask[b].sum()))
+                parts["text_lengths"].append(int(keep.size))
+    if not parts["ids"]:
+        raise DataError(f"data pattern {pattern}: found no video-text records; expected at least one")
+    for key in ("video", "text", "video_lengths", "text_lengths"):
+        parts[key] = np.asarray(parts[key])
+    return parts
+
+
+def s2dtw_retrieval_metrics(embedded, gamma=0.1, theta=0.5):
+    """Text→video and video→text R@1/5/10 (percent), MedR, MnR ranked by S2DTW instead of pooled dot products.
+
+    Scores every (caption sequence, video) pair of `embedded` (from
+    `embed_sequences`) with `s2dtw_matrix`; lower S2DTW ranks higher.
+    """
+    from vt_keras.losses.vt_twins import s2dtw_matrix
+    from vt_keras.metrics.retrieval import mean_rank, median_rank, recall_at_k
+
+    scores = np.asarray(s2dtw_matrix(embedded["video"], embedded["text"], embedded["video_lengths"],
+                                     embedded["text_lengths"], gamma, theta), np.float64)
+    out = {}
+    for prefix, similarity in (("s2dtw_t2v", -scores), ("s2dtw_v2t", -scores.T)):
+        for k in (1, 5, 10):
+            out[f"{prefix}/R@{k}"] = 100.0 * recall_at_k(similarity, k)
+        out[f"{prefix}/MedR"] = median_rank(similarity)
+        out[f"{prefix}/MnR"] = mean_rank(similarity)
+    return out
+
+
+def planted_alignment_scores(embedded, truth, gamma=0.1, theta=0.5):
     """How well a model's clip–caption similarities and S2DTW alignments find the planted truth.
 
-    For every video of `pattern` with planted ground truth (caption kinds 0
-    aligned, 1 shuffled with a neighbour, 2 irrelevant), on its own captions:
+    For every video of `embedded` (from `embed_sequences`) with ground truth
+    in `truth` (from `read_planted_alignment`; caption kinds 0 aligned, 1
+    shuffled with a neighbour, 2 irrelevant), on its own captions:
 
     - `caption_to_clip_accuracy`: for captions of a step the video shows
       (kinds 0 and 1), how often the most similar clip is that step's clip
@@ -183,39 +240,33 @@ def planted_alignment_scores(task, model, pattern, gamma=0.1, theta=0.5, batch_s
       alignment mass of an irrelevant / a relevant caption's column (a
       caption skipped through θ cells gets little).
 
-    Returns a dict of floats plus `num_videos` (0 when no record has ground truth).
+    Returns a dict of floats plus `num_videos` (0 when no video has ground truth).
     """
-    truth = read_planted_alignment(pattern)
-    hits, auc_pos, auc_neg, on_truth, real_mass, masses = [], [], [], 0.0, 0.0, {0: [], 2: []}
-    scored = 0
-    for batch in task.dataset(pattern, batch_size):
-        ids = [v.decode("utf-8") for v in batch["id"].numpy()]
-        out = model(task.model_inputs(batch), training=False)
-        vlen = np.sum(np.asarray(out["video_mask"]), axis=1)
-        tlen = np.sum(np.asarray(out["text_mask"]), axis=1)
-        cost, _, align = pair_alignments(out["video_sequence"], out["text_sequence"], vlen, tlen, gamma, theta)
-        for b, vid in enumerate(ids):
-            if vid not in truth:
-                continue
-            t, scored = truth[vid], scored + 1
-            n, m = int(vlen[b]), int(tlen[b])
-            clip_step, caption_step, kind = t["clip_step"][:n], t["caption_step"][:m], t["caption_kind"][:m]
-            sim = -cost[b, :n, :m]
-            match = clip_step[:, None] == caption_step[None, :]
-            mass = align[b, 1:2 * n:2, 1:2 * m:2]
-            on_truth += float(mass[match].sum())
-            real_mass += float(mass.sum())
-            for j in range(m):
-                relevant = kind[j] != 2
-                (auc_pos if relevant else auc_neg).append(sim[:, j].max())
-                masses[0 if relevant else 2].append(float(mass[:, j].sum()))
-                if relevant and match[:, j].any():
-                    hits.append(bool(match[np.argmax(sim[:, j]), j]))
-    if not hits:
+    rows = [i for i, vid in enumerate(embedded["ids"]) if vid in truth]
+    if not rows:
         return {"num_videos": 0}
+    vlen, tlen = embedded["video_lengths"][rows], embedded["text_lengths"][rows]
+    cost, _, align = pair_alignments(embedded["video"][rows], embedded["text"][rows], vlen, tlen, gamma, theta)
+    hits, auc_pos, auc_neg, on_truth, real_mass, masses = [], [], [], 0.0, 0.0, {0: [], 2: []}
+    for b, row in enumerate(rows):
+        t = truth[embedded["ids"][row]]
+        n, m = int(vlen[b]), int(tlen[b])
+        index = embedded["caption_index"][row]
+        clip_step, caption_step, kind = t["clip_step"][:n], t["caption_step"][index], t["caption_kind"][index]
+        sim = -cost[b, :n, :m]
+        match = clip_step[:, None] == caption_step[None, :]
+        mass = align[b, 1:2 * n:2, 1:2 * m:2]
+        on_truth += float(mass[match].sum())
+        real_mass += float(mass.sum())
+        for j in range(m):
+            relevant = kind[j] != 2
+            (auc_pos if relevant else auc_neg).append(sim[:, j].max())
+            masses[0 if relevant else 2].append(float(mass[:, j].sum()))
+            if relevant and match[:, j].any():
+                hits.append(bool(match[np.argmax(sim[:, j]), j]))
     pos, neg = np.asarray(auc_pos)[:, None], np.asarray(auc_neg)[None, :]
     auc = float(np.mean((pos > neg) + 0.5 * (pos == neg))) if neg.size else float("nan")
-    return {"num_videos": scored, "caption_to_clip_accuracy": float(np.mean(hits)), "irrelevant_auc": auc,
-            "alignment_on_truth": on_truth / max(real_mass, 1e-12),
-            "relevant_caption_mass": float(np.mean(masses[0])),
+    return {"num_videos": len(rows), "caption_to_clip_accuracy": float(np.mean(hits)) if hits else float("nan"),
+            "irrelevant_auc": auc, "alignment_on_truth": on_truth / max(real_mass, 1e-12),
+            "relevant_caption_mass": float(np.mean(masses[0])) if masses[0] else float("nan"),
             "irrelevant_caption_mass": float(np.mean(masses[2])) if masses[2] else float("nan")}
