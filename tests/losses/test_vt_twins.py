@@ -250,13 +250,28 @@ def test_augmented_loss_is_reproducible_and_differentiable(embeddings):
 
 def test_keras_loss_wrapper(embeddings):
     video, text = embeddings
-    loss = VTTwinsLoss(temperature=1.0, symmetric=True)
-    got = loss(np.zeros(B), {"video": video, "text": text}).numpy()
+    loss = VTTwinsLoss(num_clips=N, temperature=1.0, symmetric=True)
+    joined = np.concatenate([video, text], axis=1)
+    got = loss(np.zeros(B), joined).numpy()
     np.testing.assert_allclose(got, _reference_loss(video, text, symmetric=True), rtol=1e-5)
+    mask = np.ones((B, N + M), bool)
+    mask[1, N - 1] = mask[2, N] = False
+    got = loss(mask, joined).numpy()
+    want = _reference_loss(video, text, mask[:, :N], mask[:, N:], symmetric=True)
+    np.testing.assert_allclose(got, want, rtol=1e-5)
     restored = keras.losses.deserialize(keras.losses.serialize(loss))
     assert isinstance(restored, VTTwinsLoss) and restored.get_config() == loss.get_config()
-    with pytest.raises(UserError, match="y_pred must be a dict with 'video' and 'text'"):
+    with pytest.raises(UserError, match=r"y_pred must be \[B, num_clips \+ m, d\] with num_clips = 4"):
         loss(np.zeros(B), video)
+
+
+def test_keras_loss_wrapper_trains_with_fit(embeddings):
+    inputs = keras.Input((N + M, D))
+    model = keras.Model(inputs, keras.layers.Dense(D)(inputs))
+    model.compile(optimizer="sgd", loss=VTTwinsLoss(num_clips=N, temperature=1.0), jit_compile=False)
+    joined = np.concatenate(embeddings, axis=1).astype(np.float32)
+    losses = model.fit(joined, np.zeros(B), batch_size=B, epochs=4, verbose=0).history["loss"]
+    assert np.isfinite(losses).all() and losses[-1] < losses[0]
 
 
 def test_clear_errors(embeddings):

@@ -282,24 +282,28 @@ def _next_seed(seed):
 class VTTwinsLoss(keras.losses.Loss):
     """`keras.losses.Loss` wrapper of `vt_twins_loss` for `compile()` users.
 
-    Call: `loss(y_true, y_pred) → scalar`, where `y_pred` is a dict with
-    `"video"` `[B, n, d]`, `"text"` `[B, m, d]` and optionally
-    `"video_mask"`, `"text_mask"`; `y_true` is ignored (the pairing is the
-    batch order).
+    Call: `loss(y_true, y_pred) → scalar`. A model has one output per loss,
+    so `y_pred` `[B, n + m, d]` holds the `n = num_clips` clip embeddings
+    followed by the `m` caption embeddings (`keras.ops.concatenate([video,
+    text], axis=1)`). `y_true` is either the matching validity mask
+    `[B, n + m]` (1 for real clips and captions) or a dummy of shape `[B]`
+    or `[B, 1]` when nothing is padded; the pairing itself is the batch order.
 
     Args:
+        num_clips: `n`, how many rows of `y_pred` are clips.
         gamma, theta, temperature, symmetric, augment: as in `vt_twins_loss`.
-        gather: optional `gather(x, axis=0)` for the global batch; not part
-            of the config (a function), so pass it again after loading.
+        gather: optional `gather(x, axis=0)` for the global batch; a function,
+            so not part of the config: pass it again after loading.
 
     Example:
-        >>> model.compile(optimizer="adam", loss=VTTwinsLoss(temperature=1.0))
+        >>> model.compile(optimizer="adam", loss=VTTwinsLoss(num_clips=8, temperature=1.0))
 
     Implements Ko et al. (2022), S2DTW as released.
     """
 
     def __init__(
         self,
+        num_clips,
         gamma=0.1,
         theta=0.5,
         temperature=0.02,
@@ -310,6 +314,9 @@ class VTTwinsLoss(keras.losses.Loss):
         **kwargs,
     ):
         super().__init__(name=name, **kwargs)
+        if int(num_clips) != num_clips or num_clips < 1:
+            raise ConfigError(f"VTTwinsLoss: num_clips must be a positive integer, found {num_clips}.")
+        self.num_clips = int(num_clips)
         self.gamma = gamma
         self.theta = theta
         self.temperature = temperature
@@ -319,16 +326,22 @@ class VTTwinsLoss(keras.losses.Loss):
         self._seed = keras.random.SeedGenerator(0) if augment else None
 
     def call(self, y_true, y_pred):
-        del y_true
-        if not isinstance(y_pred, dict) or "video" not in y_pred or "text" not in y_pred:
-            raise UserError("VTTwinsLoss: y_pred must be a dict with 'video' and 'text' embeddings.")
-        masks = [y_pred.get(key) for key in ("video_mask", "text_mask")]
-        masks = [None if m is None else keras.ops.cast(m, "float32") > 0.5 for m in masks]
+        n = self.num_clips
+        if len(y_pred.shape) != 3 or y_pred.shape[1] is not None and y_pred.shape[1] <= n:
+            raise UserError(
+                f"VTTwinsLoss: y_pred must be [B, num_clips + m, d] with num_clips = {n} and m >= 1, found {y_pred.shape}."
+            )
+        video_mask = text_mask = None
+        if len(y_true.shape) == 2 and y_true.shape[1] not in (None, 1):
+            if y_true.shape[1] != y_pred.shape[1]:
+                raise UserError(f"VTTwinsLoss: y_true must be a [B, {y_pred.shape[1]}] mask or a dummy, found {y_true.shape}.")
+            mask = keras.ops.cast(y_true, "float32") > 0.5
+            video_mask, text_mask = mask[:, :n], mask[:, n:]
         return vt_twins_loss(
-            y_pred["video"],
-            y_pred["text"],
-            video_mask=masks[0],
-            text_mask=masks[1],
+            y_pred[:, :n],
+            y_pred[:, n:],
+            video_mask=video_mask,
+            text_mask=text_mask,
             gamma=self.gamma,
             theta=self.theta,
             temperature=self.temperature,
@@ -341,6 +354,7 @@ class VTTwinsLoss(keras.losses.Loss):
     def get_config(self):
         config = super().get_config()
         config.update(
+            num_clips=self.num_clips,
             gamma=self.gamma,
             theta=self.theta,
             temperature=self.temperature,
