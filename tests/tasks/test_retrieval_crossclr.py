@@ -64,8 +64,11 @@ def tiny_config(data, cache, preset=None, **loss):
     return c
 
 
-def one_batch(task, pattern):
-    return next(iter(task.dataset(pattern, BATCH)))
+@pytest.fixture(scope="module")
+def batch(data, cache):
+    """The training batch (the 16 training videos in file order); parsing it costs seconds."""
+    task = RetrievalTask(tiny_config(data, cache))
+    return next(iter(task.dataset(data[0], BATCH)))
 
 
 def bag_of_words(captions, dim):
@@ -109,13 +112,12 @@ def expected_loss(config, out, batch, derived=False):
 
 
 @pytest.mark.parametrize("derived, compat", [(False, False), (True, True)])
-def test_entry_is_crossclr_of_the_model_outputs(data, cache, derived, compat):
+def test_entry_is_crossclr_of_the_model_outputs(data, cache, batch, derived, compat):
     config = tiny_config(data, cache, queue_size=0, reference_compat=compat, global_weight=0.7)
     if derived:
         config.loss.update(video_features="", text_features="")
     task = RetrievalTask(config)
     model = task.build_model()
-    batch = one_batch(task, data[0])
     loss, metrics = task.loss_fn(model, batch, StepContext(BATCH, 1, lambda x, axis=0: x))
     out = model(task.model_inputs(batch), training=False)  # dropout 0: the same outputs
     expected, local, glob = expected_loss(config, out, batch, derived)
@@ -127,11 +129,10 @@ def test_entry_is_crossclr_of_the_model_outputs(data, cache, derived, compat):
     np.testing.assert_allclose(float(half), expected / 2, rtol=2e-5)
 
 
-def test_queue_holds_the_valid_clip_caption_pairs(data, cache):
+def test_queue_holds_the_valid_clip_caption_pairs(data, cache, batch):
     config = tiny_config(data, cache, queue_size=100)
     task = RetrievalTask(config)
     model = task.build_model()
-    batch = one_batch(task, data[0])
     ctx = StepContext(BATCH, 1, lambda x, axis=0: x)
     first, _ = task.loss_fn(model, batch, ctx)
     out = model(task.model_inputs(batch), training=False)
@@ -155,7 +156,7 @@ def queue_state(task):
 
 
 @pytest.mark.slow
-def test_queue_survives_checkpoint_and_resume(data, cache, tmp_path):
+def test_queue_survives_checkpoint_and_resume(data, cache, batch, tmp_path):
     config = tiny_config(data, cache, queue_size=100)
     config.train.update(num_steps=4, checkpoint_every=2)
     strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
@@ -176,7 +177,7 @@ def test_queue_survives_checkpoint_and_resume(data, cache, tmp_path):
     assert any("resumed from" in line and "at step 2" in line for line in lines), lines
     a, b = queue_state(straight), queue_state(resumed)
     # ~3 pairs per video, 16 videos a step: the queue has wrapped around by step 4.
-    pairs = int(np.sum(one_batch(straight, data[0])["caption_mask"]))
+    pairs = int(np.sum(batch["caption_mask"]))
     assert 4 * pairs > 100 and int(a[-1]) == 100 and int(a[-2]) == 4 * pairs % 100
     for x, y in zip(a, b):
         np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
@@ -219,9 +220,9 @@ def test_two_replicas_match_one_device(data, cache, tmp_path, logical_cpus):
             np.testing.assert_allclose(value.numpy(), q1.numpy(), rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("preset", ["youcook2", "lsmdc", pytest.param("youcook2_mp", marks=pytest.mark.slow),
-                                    pytest.param("lsmdc_mp", marks=pytest.mark.slow)])
-def test_presets_take_training_steps(data, cache, preset):
+@pytest.mark.parametrize("preset", ["youcook2"] + [pytest.param(p, marks=pytest.mark.slow)
+                                                  for p in ("lsmdc", "youcook2_mp", "lsmdc_mp")])
+def test_presets_take_training_steps(data, cache, batch, preset):
     from vt_keras.train.schedules import build_optimizer
 
     paper = load_config(preset)
@@ -232,7 +233,6 @@ def test_presets_take_training_steps(data, cache, preset):
     optimizer = build_optimizer(config.optimizer)
     assert type(optimizer).__name__ == "RAdam" and config.optimizer.learning_rate == 7e-4
     before = [w.numpy() for w in model.trainable_weights]
-    batch = one_batch(task, data[0])
     ctx = StepContext(BATCH, 1, lambda x, axis=0: x)
     for _ in range(2):  # eager steps: tracing the loop's step costs more than the check is worth
         with tf.GradientTape() as tape:
