@@ -61,14 +61,14 @@ def _choose_video(ids, truth, video_id, pattern):
     return 0
 
 
-def _draw(fig, ax, matrix, weak, n, m, captions, kinds, match, title, cmap, label, caption_text=True):
+def _draw(fig, ax, matrix, weak, n, m, captions, kinds, match, title, cmap, label, caption_text=True, limit=1.0):
     """One panel: captions as rows, clips as columns, θ cells at half steps when `weak`."""
     if weak:
         extent = (-0.75, n - 0.25, m - 0.25, -0.75)  # cell k of 2n + 1 is centred on (k − 1) / 2
     else:
         extent = (-0.5, n - 0.5, m - 0.5, -0.5)
     image = ax.imshow(matrix.T, cmap=cmap, interpolation="nearest", extent=extent, aspect="auto",
-                      vmin=0.0 if weak else -1.0, vmax=1.0)
+                      vmin=0.0 if weak else -limit, vmax=limit)
     fig.colorbar(image, ax=ax, fraction=0.04, pad=0.02, label=label)
     ax.set_xticks(range(n))
     ax.set_xticklabels([str(i) for i in range(n)], fontsize=7)
@@ -116,6 +116,9 @@ def plot_alignment(workdir, pattern, output, video_id=None, scores_output=None):
     b = int(others[np.argmin(scores[others])])
     cost, value, align = pair_alignments(video[[a, a]], text[[a, b]], vlen[[a, a]], tlen[[a, b]], gamma, theta)
 
+    # A shared symmetric colour range fitted to both cost matrices: trained models often use a
+    # narrow band of cosines, which a fixed [-1, 1] would wash out.
+    limit = max(0.05, float(max(np.abs(cost[r, :int(vlen[a]), :int(tlen[k])]).max() for r, k in ((0, a), (1, b)))))
     fig, axes = plt.subplots(2, 2, figsize=(12.5, 9.5))
     n = int(vlen[a])
     clip_step = truth.get(ids[a], {}).get("clip_step")
@@ -128,7 +131,8 @@ def plot_alignment(workdir, pattern, output, video_id=None, scores_output=None):
         if t is not None and clip_step is not None:
             match = clip_step[:n, None] == t["caption_step"][index][None, :]
         _draw(fig, axes[row, 0], cost[row, :n, :m], False, n, m, captions[k][:m], kinds, match,
-              f"{name} pair: clips of {ids[a]}, captions of {ids[k]}\ncost −⟨clip, caption⟩", "RdBu_r", "cost")
+              f"{name} pair: clips of {ids[a]}, captions of {ids[k]}\ncost −⟨clip, caption⟩", "RdBu_r", "cost",
+              limit=limit)
         _draw(fig, axes[row, 1], align[row, :2 * n + 1, :2 * m + 1], True, n, m, captions[k][:m], kinds, match,
               f"{name} pair: expected soft-DTW alignment on the weak matrix\nS2DTW = {value[row]:.2f} "
               f"(γ = {gamma:g}, θ = {theta:g}; θ cells between the pairs)", "magma", "expected alignment",
