@@ -93,11 +93,13 @@ def _softmin_weights(diag, up, left, inv_gamma):
 
 
 @tf.function(jit_compile=True, autograph=False)
-def _forward_kernel(cost, n_len, m_len, gamma, bandwidth):
+def _forward_kernel(cost, n_len, m_len, gamma, bandwidth, ragged):
     """Values `[B]` and every `r_{i, j}` (as a `_diag_view`) for the backward.
 
     The vectors of the loop are anti-diagonals `[N, B]`, row index first, so
-    shifting to a predecessor row moves whole batch rows.
+    shifting to a predecessor row moves whole batch rows. `ragged` (a Python
+    bool, traced separately) picks each pair's value on its own
+    anti-diagonal; otherwise every value is the last cell.
     """
     dtype = cost.dtype
     batch, n, m = tf.unstack(tf.shape(cost))
@@ -117,15 +119,16 @@ def _forward_kernel(cost, n_len, m_len, gamma, bandwidth):
         r = _read_diag(deltas, t, n) + low - gamma * tf.math.log(total)
         valid = _grid_mask(t, rows, n, m, bandwidth)
         r = tf.where(valid, r, inf)
-        values = tf.where(t == n_len + m_len - 2, tf.gather_nd(r, last), values)
+        if ragged:
+            values = tf.where(t == n_len + m_len - 2, tf.gather_nd(r, last), values)
         return t + 1, r_prev1, r, values, _write_diag(r_store, t, n, r, valid)
 
     boundary = tf.fill(tf.stack([n, batch]), inf)
     init = (tf.constant(0), boundary, boundary, tf.fill([batch], inf), tf.zeros_like(deltas))
-    _, _, _, values, r_store = tf.while_loop(
+    _, _, r_last, values, r_store = tf.while_loop(
         lambda t, *_: t < steps, body, init, shape_invariants=_invariants(init), maximum_iterations=steps
     )
-    return values, r_store
+    return (values if ragged else r_last[-1]), r_store
 
 
 @tf.function(jit_compile=True, autograph=False)
@@ -216,11 +219,14 @@ def _prepare(cost, gamma, row_lengths, col_lengths, bandwidth):
             tf.range(shape[2])[None, None, :] < m_len[:, None, None]
         )
         cost = tf.where(inside, cost, tf.zeros_like(cost))
+    # `ragged`: some value is not at the last cell (a Python bool for the trace).
+    ragged = row_lengths is not None or col_lengths is not None
     if cost.shape[2] is None or cost.shape[2] == 1:
         # The kernel walks anti-diagonals with stride M − 1: give a one-column
         # cost a padding column, which the column lengths keep out.
         cost = tf.pad(cost, [[0, 0], [0, 0], [0, 1]])
-    return cost, gamma, n_len, m_len, band
+        ragged = True
+    return cost, gamma, n_len, m_len, band, ragged
 
 
 def soft_dtw(cost, gamma=1.0, row_lengths=None, col_lengths=None, bandwidth=None):
@@ -254,14 +260,14 @@ def soft_dtw(cost, gamma=1.0, row_lengths=None, col_lengths=None, bandwidth=None
     Implements Cuturi & Blondel (2017), "Soft-DTW: a Differentiable Loss
     Function for Time-Series".
     """
-    cost, gamma, n_len, m_len, band = _prepare(cost, gamma, row_lengths, col_lengths, bandwidth)
+    cost, gamma, n_len, m_len, band, ragged = _prepare(cost, gamma, row_lengths, col_lengths, bandwidth)
 
     @tf.custom_gradient
     def _value(c):
         # stop_gradient: a tape watching the kernel's inputs would make TF
         # export the loop's state across the XLA boundary, which fails.
         c = tf.stop_gradient(c)
-        values, r_store = _forward_kernel(c, n_len, m_len, gamma, band)
+        values, r_store = _forward_kernel(c, n_len, m_len, gamma, band, ragged)
 
         def grad(upstream):
             alignment = _backward_kernel(r_store, n_len, m_len, gamma, band, c)
@@ -286,8 +292,8 @@ def soft_dtw_alignment(cost, gamma=1.0, row_lengths=None, col_lengths=None, band
     Implements Cuturi & Blondel (2017), Algorithm 2.
     """
     m = tf.shape(cost)[2]
-    cost, gamma, n_len, m_len, band = _prepare(cost, gamma, row_lengths, col_lengths, bandwidth)
-    _, r_store = _forward_kernel(cost, n_len, m_len, gamma, band)
+    cost, gamma, n_len, m_len, band, ragged = _prepare(cost, gamma, row_lengths, col_lengths, bandwidth)
+    _, r_store = _forward_kernel(cost, n_len, m_len, gamma, band, ragged)
     return _backward_kernel(r_store, n_len, m_len, gamma, band, cost)[:, :, :m]
 
 
