@@ -236,15 +236,15 @@ def soft_dtw(cost, gamma=1.0, row_lengths=None, col_lengths=None, bandwidth=None
     cost). Differentiable w.r.t. `cost`; the gradient is the expected
     alignment `soft_dtw_alignment(cost)` times the upstream gradient. Runs as
     an XLA-compiled kernel, eagerly, under `tf.function` (with or without
-    `jit_compile`) and inside `tf.distribute` replicas. Not twice
-    differentiable.
+    `jit_compile`) and inside `tf.distribute` replicas; XLA compiles it once
+    per input shape and device. Not twice differentiable.
 
     Args:
         cost: `[B, N, M]` pairwise costs δ(x_i, y_j); negative values allowed.
         gamma: soft-min temperature γ > 0; γ → 0 gives DTW.
-        row_lengths: optional `[B]` int, valid rows of each pair (a prefix).
-            A padded pair's value equals that of its valid sub-matrix, and
-            its gradient is zero on the padding.
+        row_lengths: optional `[B]` int, valid rows of each pair (a prefix),
+            clamped to [1, N]. A padded pair's value equals that of its
+            valid sub-matrix, and its gradient is zero on the padding.
         col_lengths: optional `[B]` int, valid columns of each pair.
         bandwidth: optional Sakoe–Chiba band: cells with `|i − j| > bandwidth`
             are +inf. A pair with `|n − m| > bandwidth` has no path: its
