@@ -141,12 +141,14 @@ class CorrelationTowerTask(YT8MClassification):
         accuracy = correct / (tf.cast(size, tf.float32) + tf.reduce_sum(valid_f))
         return ctx.mean_over_global_batch(per_video), {"pair_accuracy": accuracy}
 
-    def score_pairs(self, model, pattern):
-        """Deterministic validation pairs: `(ids, p_positive, p_negative)` numpy arrays."""
+    def _eval_forward(self, model):
+        """One `tf.function` per model (periodic evaluations reuse its trace)."""
+        cached = getattr(self, "_forward", None)
+        if cached is not None and cached[0] is model:
+            return cached[1]
         shifts = [int(s) for s in self.config.get("eval", {}).get("negative_shifts", (1,))]
-        batch_size = int(self.config.get("eval", {}).get("batch_size", 256))
 
-        @tf.function
+        @tf.function(reduce_retracing=True)
         def forward(batch):
             size = tf.shape(batch["mask"])[0]
             positive, _, _ = self.pairs(batch, 0)
@@ -157,6 +159,13 @@ class CorrelationTowerTask(YT8MClassification):
                 negatives.append(tf.boolean_mask(model(negative, training=False)["probability"], valid))
             return p_pos, tf.concat(negatives, axis=0)
 
+        self._forward = (model, forward)
+        return forward
+
+    def score_pairs(self, model, pattern):
+        """Deterministic validation pairs: `(ids, p_positive, p_negative)` numpy arrays."""
+        batch_size = int(self.config.get("eval", {}).get("batch_size", 256))
+        forward = self._eval_forward(model)
         from vt_keras.data import yt8m
 
         ids, pos, neg = [], [], []

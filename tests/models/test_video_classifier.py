@@ -1,0 +1,167 @@
+"""Every YouTube-8M config trains on tiny data; the cm_* fusions load and keep a frozen tower; export."""
+import glob
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from tests.conftest import REPO_ROOT
+from tests.yt8m_fixtures import TINY_FRAMES, tiny_config, write_tiny_yt8m
+from vt_keras.errors import ConfigError
+from vt_keras.models.video_classifier import build_video_classifier, cross_modal_inputs
+from vt_keras.train import loop
+
+CONFIGS = sorted(os.path.splitext(os.path.basename(p))[0]
+                 for p in glob.glob(os.path.join(REPO_ROOT, "configs", "yt8m", "*.py"))
+                 if not p.endswith("yt8m_base.py"))
+
+
+def quiet(*args):
+    del args
+
+
+def one_device():
+    return tf.distribute.OneDeviceStrategy("/cpu:0")
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    return write_tiny_yt8m(str(tmp_path_factory.mktemp("tiny")), num_videos=24, num_files=1)
+
+
+@pytest.fixture(scope="module")
+def tower_workdir(tiny_data, tmp_path_factory):
+    """A tiny correlation tower trained a few steps, shared by the cm_* cases."""
+    workdir = str(tmp_path_factory.mktemp("tower") / "w")
+    config = tiny_config(tiny_data, config_file="configs/yt8m/correlation_tower.py",
+                         **{"train.num_steps": 3, "train.checkpoint_every": 0})
+    loop.train(config, workdir, strategy=one_device(), log=quiet)
+    return workdir
+
+
+def tower_weights(workdir):
+    from vt_keras.train.checkpoints import load_config
+
+    _, model = loop.restore_model(load_config(workdir), workdir)
+    return model.get_layer("correlation_tower").get_weights()
+
+
+def test_every_config_is_covered():
+    assert {"correlation_tower", "late_fusion", "netvlad_cm_concat", "rnn_early", "transformer_cm_gated"} <= set(
+        CONFIGS)
+    assert len(CONFIGS) == 14
+
+
+@pytest.fixture(scope="module")
+def tiny_batch(tiny_data):
+    return next(iter(loop.build_task(tiny_config(tiny_data)).dataset(tiny_data, 8)))
+
+
+def weights(layer):
+    return [np.array(w) for w in layer.get_weights()]
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_config_builds_and_trains_two_steps(name, tiny_data, tiny_batch, request):
+    import keras
+
+    from vt_keras.train.task import StepContext
+
+    overrides = {}
+    if "_cm_" in name:
+        overrides["model.tower_workdir"] = request.getfixturevalue("tower_workdir")
+    task = loop.build_task(tiny_config(tiny_data, config_file=f"configs/yt8m/{name}.py", **overrides))
+    model = task.build_model()
+    optimizer = keras.optimizers.Adam(1e-2)
+    optimizer.build(model.trainable_variables)
+    task.warm_start(model)
+    before = weights(model)
+    ctx = StepContext(global_batch_size=8, num_replicas=1, gather=lambda x, axis=0: x, step=optimizer.iterations)
+    for _ in range(2):  # eager: tracing a step costs more than two tiny steps
+        with tf.GradientTape() as tape:
+            loss, _ = task.loss_fn(model, tiny_batch, ctx)
+        grads = tape.gradient(loss, model.trainable_variables)
+        assert all(g is not None for g in grads)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        assert np.isfinite(float(loss))
+    assert any(not np.array_equal(a, b) for a, b in zip(before, weights(model)))
+    if "_cm_" in name:
+        # Loaded from the tower's workdir and frozen through training.
+        layer = model.get_layer("correlation_tower")
+        assert not layer.trainable_weights
+        for got, want in zip(weights(layer), tower_weights(overrides["model.tower_workdir"])):
+            np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.slow
+def test_trained_cross_modal_workdir_restores_to_the_same_predictions(tiny_data, tiny_batch, tower_workdir, tmp_path):
+    # Keras 3 keeps list-held sublayers (tower stacks, Transformer blocks) out of TensorFlow's object
+    # graph; the task tracks every weight by path so that evaluate/export/plots restore them.
+    config = tiny_config(tiny_data, config_file="configs/yt8m/transformer_cm_concat.py",
+                         **{"train.num_steps": 2, "train.checkpoint_every": 0, "model.tower_workdir": tower_workdir})
+    _, model = loop.train(config, str(tmp_path / "w"), strategy=one_device(), log=quiet)
+    task, restored = loop.restore_model(config, str(tmp_path / "w"))
+    inputs = task.model_inputs(tiny_batch)
+    np.testing.assert_allclose(restored(inputs), model(inputs), atol=1e-6)
+    for got, want in zip(weights(restored.get_layer("correlation_tower")), tower_weights(tower_workdir)):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_cm_concat_gives_each_modality_the_other_modalitys_embedding(rng):
+    video, audio = rng.normal(size=(2, 4, 3)).astype("f"), rng.normal(size=(2, 4, 2)).astype("f")
+    out = {"video_embedding": rng.normal(size=(2, 5)).astype("f"), "audio_embedding": rng.normal(size=(2, 5)).astype("f"),
+           "probability": np.array([0.2, 0.9], "f")}
+    out["embedding"] = np.concatenate([out["video_embedding"], out["audio_embedding"]], -1)
+    cfg = {"fusion": "cm_concat"}
+    v, a, g = cross_modal_inputs(cfg, out, video, audio)
+    assert g is None
+    np.testing.assert_allclose(v, np.concatenate([video, np.repeat(out["audio_embedding"][:, None], 4, 1)], -1))
+    np.testing.assert_allclose(a, np.concatenate([audio, np.repeat(out["video_embedding"][:, None], 4, 1)], -1))
+    v, a, _ = cross_modal_inputs({"fusion": "cm_concat", "cm_concat": "both"}, out, video, audio)
+    np.testing.assert_allclose(v[..., 3:], np.repeat(out["embedding"][:, None], 4, 1))
+    np.testing.assert_allclose(a[..., 2:], np.repeat(out["embedding"][:, None], 4, 1))
+    v, a, g = cross_modal_inputs({"fusion": "cm_gated"}, out, video, audio)
+    assert v is video and a is audio and g is out["probability"]
+    with pytest.raises(ConfigError, match=r"model.cm_concat='sideways' is unknown; expected one of other, both"):
+        cross_modal_inputs({"fusion": "cm_concat", "cm_concat": "sideways"}, out, video, audio)
+
+
+def test_frozen_tower_runs_without_dropout_inside_the_classifier(tiny_data, rng):
+    config = tiny_config(tiny_data, config_file="configs/yt8m/rnn_cm_concat.py")
+    config.model.tower = dict(hidden_units=(8,), embedding_dim=4, dropout=0.5)
+    config.model.hidden_size = 0
+    model = build_video_classifier(config.model, config.data.features, 5, TINY_FRAMES)
+    inputs = {"rgb": rng.normal(size=(3, TINY_FRAMES, 8)).astype("f"),
+              "audio": rng.normal(size=(3, TINY_FRAMES, 4)).astype("f"), "mask": np.ones((3, TINY_FRAMES), bool)}
+    np.testing.assert_array_equal(model(inputs, training=True), model(inputs, training=True))
+    tower = model.get_layer("correlation_tower")
+    assert not tower.trainable and not tower.trainable_weights and tower.weights
+
+
+@pytest.mark.parametrize("model_cfg, features, pattern", [
+    ({"aggregator": "pool", "fusion": "cm_gated"}, (("rgb", 8), ("audio", 4)), r"aggregator='pool' has no cross-modal"),
+    ({"aggregator": "netvlad", "fusion": "cm_concat"}, (("rgb", 8),), r"needs exactly two features"),
+    ({"aggregator": "netvlad", "fusion": "middle"}, (("rgb", 8), ("audio", 4)), r"model.fusion='middle' is unknown"),
+])
+def test_builder_errors_name_the_key(model_cfg, features, pattern):
+    import ml_collections
+
+    with pytest.raises(ConfigError, match=pattern):
+        build_video_classifier(ml_collections.ConfigDict(model_cfg), features, 5, TINY_FRAMES)
+
+
+@pytest.mark.slow
+def test_cross_modal_export_serves_what_the_model_predicts(tiny_data, tower_workdir, tmp_path):
+    config = tiny_config(tiny_data, config_file="configs/yt8m/netvlad_cm_concat.py",
+                         **{"model.tower_workdir": tower_workdir})
+    task = loop.build_task(config)
+    model = task.build_model()
+    task.warm_start(model)
+    export_dir = task.export(model, str(tmp_path / "export"))
+    loaded = tf.saved_model.load(export_dir)
+    records = [r.numpy() for r in tf.data.TFRecordDataset(tf.io.gfile.glob(tiny_data))][:6]
+    served = loaded.signatures["serving_default"](example_bytes=tf.constant(records))
+    ids, probs, _ = next(task.predict(model, tiny_data, batch_size=6))
+    assert [x.decode() for x in served["video_id"].numpy()] == [x.decode() for x in ids]
+    np.testing.assert_allclose(served["predictions"].numpy(), -np.sort(-probs, axis=1)[:, :5], rtol=1e-5, atol=1e-6)
