@@ -17,7 +17,7 @@ amplifies: at γ = 0.01 in float32 that is a visible gradient error.
 
 Memory: anti-diagonal `t` of a row-major `[N, M]` matrix is the rows
 `t, t + (M − 1), t + 2(M − 1), …` of its cells, so the kernel reads costs and
-writes `r` and `E` in place in `[N·M, B]` buffers (see `_diag_view`) and never
+writes `r` and `E` in place in `N·M·B` buffers (see `_cost_view`) and never
 builds a skewed `(N + M − 1) × N` copy. Page faults on fresh buffers are a
 large part of the cost on CPU; this keeps them to four `N·M·B` buffers.
 
@@ -32,34 +32,60 @@ from vt_keras.errors import ConfigError, UserError
 _METRICS = ("negative_cosine", "squared_euclidean")
 
 
-def _diag_view(flat, n, m):
-    """`[N·M, B]` cells → `[L, M − 1, B]`, zero-padded, for `_read_diag`.
-
-    Cell (i, j) of row-major `flat` is row `i·M + j = t + i·(M − 1)` with
-    `t = i + j` its anti-diagonal, so anti-diagonal `t` is rows `t, t + (M − 1),
-    …`: in this view, the `N` consecutive rows from `t // (M − 1)` at column
-    `t % (M − 1)`. Reading and writing anti-diagonals in place keeps every
-    buffer at `N·M` cells instead of a skewed `(N + M − 1)·N`.
-    """
-    w = m - 1
-    rows = (n + m - 2) // w + n
-    flat = tf.pad(flat, [[0, rows * w - n * m], [0, 0]])
-    return tf.reshape(flat, [rows, w, tf.shape(flat)[1]])
+# Anti-diagonal `t = i + j` of a row-major `[N, M]` matrix is the cells
+# `i·M + j = t + i·(M − 1)`: flat rows `t, t + (M − 1), t + 2(M − 1), …`. Folding
+# the `[N·M, B]` cells to `[L, M − 1, B]` makes it the `N` rows from
+# `t // (M − 1)` at column `t % (M − 1)`, so every buffer stays at `N·M` cells
+# (a skewed copy has `(N + M − 1)·N`) and an anti-diagonal is one slice.
 
 
-def _read_diag(view, t, n):
-    """Anti-diagonal `t` of a `_diag_view`, `[N, B]`; off-grid rows hold other cells."""
+def _rows_needed(n, m):
+    return (n + m - 2) // (m - 1) + n
+
+
+def _cost_view(cost):
+    """`[B, N, M]` → `[L, M − 1, B]`: anti-diagonal `t` at stride `(M − 1)·B`."""
+    batch, n, m = tf.unstack(tf.shape(cost))
+    flat = tf.reshape(tf.transpose(cost, [1, 2, 0]), [n * m, batch])
+    rows = _rows_needed(n, m)
+    flat = tf.pad(flat, [[0, rows * (m - 1) - n * m], [0, 0]])
+    return tf.reshape(flat, [rows, m - 1, batch])
+
+
+def _read_cost(view, t, n):
+    """Anti-diagonal `t` of a `_cost_view`, `[N, B]`; off-grid rows hold other cells."""
     w = tf.shape(view)[1]
     out = tf.slice(view, tf.stack([t // w, t % w, 0]), tf.stack([n, 1, tf.shape(view)[2]]))
     return tf.reshape(out, [n, -1])
 
 
-def _write_diag(view, t, n, values, valid):
+def _new_store(n, m, batch, dtype):
+    """A `[M − 1, L, B]` buffer: the transposed fold, anti-diagonal `t` contiguous.
+
+    `r` and `E` are written and read once per step; strided `[N, B]` slices
+    of a large matrix thrashed the TLB (N = 1000), contiguous ones do not.
+    """
+    return tf.zeros(tf.stack([m - 1, _rows_needed(n, m), batch]), dtype)
+
+
+def _read_diag(store, t, n):
+    """Anti-diagonal `t` of a `_new_store`, `[N, B]`; off-grid rows hold other cells."""
+    w = tf.shape(store)[0]
+    out = tf.slice(store, tf.stack([t % w, t // w, 0]), tf.stack([1, n, tf.shape(store)[2]]))
+    return tf.reshape(out, [n, -1])
+
+
+def _write_diag(store, t, n, values, valid):
     """Writes the `valid` cells of anti-diagonal `t`, keeping the cells it aliases."""
-    w = tf.shape(view)[1]
-    start = tf.stack([t // w, t % w, 0])
-    new = tf.where(valid, values, _read_diag(view, t, n))
-    return keras.ops.slice_update(view, start, new[:, None, :])
+    w = tf.shape(store)[0]
+    new = tf.where(valid, values, _read_diag(store, t, n))
+    return keras.ops.slice_update(store, tf.stack([t % w, t // w, 0]), new[None])
+
+
+def _store_cells(store, n, m):
+    """`[M − 1, L, B]` store → `[N, M, B]` cells."""
+    cells = tf.reshape(tf.transpose(store, [1, 0, 2]), tf.stack([-1, tf.shape(store)[2]]))
+    return tf.reshape(cells[: n * m], tf.stack([n, m, -1]))
 
 
 def _shift_down(x, fill):
@@ -94,7 +120,7 @@ def _softmin_weights(diag, up, left, inv_gamma):
 
 @tf.function(jit_compile=True, autograph=False)
 def _forward_kernel(cost, n_len, m_len, gamma, bandwidth, ragged):
-    """Values `[B]` and every `r_{i, j}` (as a `_diag_view`) for the backward.
+    """Values `[B]` and every `r_{i, j}` (in a `_new_store`) for the backward.
 
     The vectors of the loop are anti-diagonals `[N, B]`, row index first, so
     shifting to a predecessor row moves whole batch rows. `ragged` (a Python
@@ -108,7 +134,7 @@ def _forward_kernel(cost, n_len, m_len, gamma, bandwidth, ragged):
     zero = tf.zeros([], dtype)
     inv_gamma = 1.0 / gamma
     rows = tf.range(n)[:, None]
-    deltas = _diag_view(tf.reshape(tf.transpose(cost, [1, 2, 0]), [n * m, batch]), n, m)
+    deltas = _cost_view(cost)
     last = tf.stack([n_len - 1, tf.range(batch)], axis=1)
 
     def body(t, r_prev2, r_prev1, values, r_store):
@@ -116,7 +142,7 @@ def _forward_kernel(cost, n_len, m_len, gamma, bandwidth, ragged):
         diag = _shift_down(r_prev2, tf.where(t == 0, zero, inf))
         up = _shift_down(r_prev1, inf)
         low, _, total = _softmin_weights(diag, up, r_prev1, inv_gamma)
-        r = _read_diag(deltas, t, n) + low - gamma * tf.math.log(total)
+        r = _read_cost(deltas, t, n) + low - gamma * tf.math.log(total)
         valid = _grid_mask(t, rows, n, m, bandwidth)
         r = tf.where(valid, r, inf)
         if ragged:
@@ -124,7 +150,7 @@ def _forward_kernel(cost, n_len, m_len, gamma, bandwidth, ragged):
         return t + 1, r_prev1, r, values, _write_diag(r_store, t, n, r, valid)
 
     boundary = tf.fill(tf.stack([n, batch]), inf)
-    init = (tf.constant(0), boundary, boundary, tf.fill([batch], inf), tf.zeros_like(deltas))
+    init = (tf.constant(0), boundary, boundary, tf.fill([batch], inf), _new_store(n, m, batch, dtype))
     _, _, r_last, values, r_store = tf.while_loop(
         lambda t, *_: t < steps, body, init, shape_invariants=_invariants(init), maximum_iterations=steps
     )
@@ -174,12 +200,11 @@ def _backward_kernel(r_store, n_len, m_len, gamma, bandwidth, cost):
         e_acc_prev = e_acc_prev + _shift_up(to_up) + to_left
         return t - 1, e_acc_prev, _shift_up(to_diag), r_prev2, e_store
 
-    init = (steps - 1, zeros, zeros, read_r(steps - 2), tf.zeros_like(r_store))
+    init = (steps - 1, zeros, zeros, read_r(steps - 2), _new_store(n, m, batch, dtype))
     *_, e_store = tf.while_loop(
         lambda t, *_: t >= 0, body, init, shape_invariants=_invariants(init), maximum_iterations=steps
     )
-    cells = tf.reshape(e_store, tf.stack([-1, batch]))[: n * m]
-    return tf.transpose(tf.reshape(cells, tf.stack([n, m, batch])), [2, 0, 1])
+    return tf.transpose(_store_cells(e_store, n, m), [2, 0, 1])
 
 
 def _prepare(cost, gamma, row_lengths, col_lengths, bandwidth):
