@@ -206,6 +206,7 @@ class _CaptureInitial(task_lib.CKASynthetic):
         self.captured.append(weights(model))
 
 
+@pytest.mark.slow  # a MirroredStrategy run: ~35 s of CPU
 def test_two_replicas_match_one_device_from_the_initial_model(tmp_path, logical_cpus):
     config = tiny_config("cos_cka", **{"task": "test_cka_synthetic_capture", "seed": 5,
                                        "train.num_steps": 3, "train.cka_warmup_steps": 1})
@@ -249,7 +250,7 @@ def test_read_eval_scalars_keeps_the_last_value_per_step(tmp_path):
     np.testing.assert_allclose([scalars["eval/cka"][0], scalars["eval/cka"][1]], [0.3, 0.2], rtol=1e-6)
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # a fresh process and three trainings: ~35 s of CPU
 def test_bin_train_sweep_writes_metrics_and_curves(tmp_path):
     workdir = tmp_path / "sweep"
     overrides = ["--config.data.num_train=256", "--config.data.num_heldout=64", "--config.data.dim=8",

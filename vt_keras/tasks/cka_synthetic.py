@@ -49,7 +49,19 @@ def build_encoder(dim, name, hidden_units=(32, 32, 32), bn_momentum=0.9, output_
 
     Batch normalisation is synchronised across replicas, so a multi-replica
     run normalises with the global batch's statistics as one device does.
-    `output_center=False` drops the learnable shift of the last normalisation.
+
+    Args:
+        dim: input dimension.
+        name: the model's name (and its layers' prefix).
+        hidden_units: widths of the dense layers (paper: three of 32).
+        bn_momentum: Keras momentum of the batch norms' moving statistics.
+        output_center: keep the learnable shift (β) of the last batch norm.
+
+    Call: `encoder([B, dim]) -> [B, hidden_units[-1]]`.
+
+    Example:
+    >>> build_encoder(64, "encoder_a")(np.zeros((4, 64), "float32")).shape
+    (4, 32)
     """
     inputs = keras.Input((dim,), name=f"{name}_input")
     x = inputs
@@ -63,7 +75,16 @@ def build_encoder(dim, name, hidden_units=(32, 32, 32), bn_momentum=0.9, output_
 
 
 def build_encoders(dim, hidden_units=(32, 32, 32), bn_momentum=0.9, output_center=True):
-    """The two encoders as one model: `{"a": [B, dim], "b": [B, dim]} -> {"a": [B, H], "b": [B, H]}`."""
+    """The two encoders, no weight sharing, as one model (Yun et al., Section 4.1.1).
+
+    Args: as in `build_encoder`.
+
+    Call: `model({"a": [B, dim], "b": [B, dim]}) -> {"a": [B, H], "b": [B, H]}`,
+    H = `hidden_units[-1]`.
+
+    Example:
+    >>> out = build_encoders(64)({"a": a, "b": b}, training=False)
+    """
     inputs = {key: keras.Input((dim,), name=key) for key in ("a", "b")}
     outputs = {key: build_encoder(dim, f"encoder_{key}", hidden_units, bn_momentum, output_center)(inputs[key])
                for key in ("a", "b")}
@@ -71,7 +92,19 @@ def build_encoders(dim, hidden_units=(32, 32, 32), bn_momentum=0.9, output_cente
 
 
 def pair_cosine(x, y, epsilon=1e-12):
-    """Cosine similarity of row i of `x` with row i of `y`, float32: `[N, d], [N, d] -> [N]`."""
+    """Cosine similarity of row i of `x` with row i of `y`, in float32.
+
+    Args:
+        x: `[N, d]`.
+        y: `[N, d]`.
+        epsilon: added under the square roots of the norms.
+
+    Returns:
+        `[N]` float32.
+
+    Example:
+    >>> pair_cosine(np.eye(2), np.ones((2, 2)))  # ≈ [0.7071, 0.7071]
+    """
     x, y = ops.cast(x, "float32"), ops.cast(y, "float32")
     # sqrt(Σx² + ε) keeps the gradient finite for an all-zero row.
     norms = ops.sqrt(ops.sum(ops.square(x), axis=-1) + epsilon) * ops.sqrt(ops.sum(ops.square(y), axis=-1) + epsilon)
@@ -82,10 +115,26 @@ def pair_cosine(x, y, epsilon=1e-12):
 # saves seconds of tracing at every start of training.
 @tf.autograph.experimental.do_not_convert
 def method_loss(method, emb_a, emb_b, ctx, cka_weight=0.1):
-    """One replica's loss contribution and metrics for `method` (see the module docstring).
+    """One replica's loss contribution and metrics for `method` (Yun et al., Section 4.1).
 
-    The cosine term is a mean over the global batch; CKA is computed once over
-    the gathered global batch, a global scalar (`vt_keras.train.task`).
+    The cosine term is a mean over the global batch; CKA (linear, biased, as
+    in the paper) is computed once over the gathered global batch, a global
+    scalar (see `vt_keras.train.task`).
+
+    Args:
+        method: `"cos_only"`, `"cka_only"` or `"cos_cka"`.
+        emb_a: `[B, H]` this replica's embeddings of modality A.
+        emb_b: `[B, H]` the embeddings of the corresponding B.
+        ctx: the trainer's `StepContext`; `ctx.main_weight` scales the
+            cosine term of `cos_cka` (0 during the CKA-only warm-up).
+        cka_weight: λ of `cos_cka` (paper: 0.1).
+
+    Returns:
+        `(loss, {"cosine": mean cosine of this replica's pairs, "cka": CKA})`.
+
+    Example:
+    >>> ctx = StepContext(global_batch_size=512, num_replicas=1, gather=identity_gather)
+    >>> loss, metrics = method_loss("cos_cka", emb_a, emb_b, ctx)
     """
     cosine = pair_cosine(emb_a, emb_b)
     alignment = cka(ctx.gather(ops.cast(emb_a, "float32")), ctx.gather(ops.cast(emb_b, "float32")))

@@ -33,6 +33,7 @@ from vt_keras.tasks.yt8m import YT8MClassification, track_weights_by_path
 from vt_keras.train.task import TASKS
 
 TASK_NAME = "correlation_tower"
+_UNSET = object()
 
 
 def top_level_matrix(taxonomy):
@@ -72,7 +73,7 @@ class CorrelationTowerTask(YT8MClassification):
 
     def __init__(self, config):
         super().__init__(config)
-        self._top_matrix = "unset"
+        self._top_matrix = _UNSET
 
     @property
     def video_name(self):
@@ -89,11 +90,12 @@ class CorrelationTowerTask(YT8MClassification):
     def build_model(self):
         from vt_keras.models.video_classifier import build_tower_model
 
+        self.top_levels()  # read the taxonomy here, not while a step function is traced
         return track_weights_by_path(build_tower_model(self.config.model, self.features, self.max_frames))
 
     def top_levels(self):
         """The class → top-level matrix from `data.taxonomy` ("auto": beside the training files), or None."""
-        if isinstance(self._top_matrix, str):
+        if self._top_matrix is _UNSET:
             from vt_keras.data.taxonomy import Taxonomy
             from vt_keras.errors import DataError
 
@@ -147,6 +149,7 @@ class CorrelationTowerTask(YT8MClassification):
         if cached is not None and cached[0] is model:
             return cached[1]
         shifts = [int(s) for s in self.config.get("eval", {}).get("negative_shifts", (1,))]
+        self.top_levels()
 
         @tf.function(reduce_retracing=True)
         def forward(batch):
@@ -224,7 +227,7 @@ class CorrelationTowerTask(YT8MClassification):
                 ("uncorrelated-audio videos detected", "uncorrelated_detection_rate"),
                 ("false-negative rate, clean videos", "clean_false_negative_rate")]
         lines = [f"correlation tower: {int(results.get('num_positive_pairs', 0))} positive, "
-                 f"{int(results.get('num_negative_pairs', 0))} negative validation pairs"]
+                 f"{int(results.get('num_negative_pairs', 0))} negative evaluation pairs"]
         lines += [f"  {label:<36} {100 * results[key]:6.2f}%" for label, key in rows if key in results]
         if "uncorrelated_videos" in results:
             lines.append(f"  ({int(results['uncorrelated_videos'])} videos with swapped-in audio in the manifest)")

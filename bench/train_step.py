@@ -1,0 +1,145 @@
+"""Training-step throughput of every YouTube-8M classifier variant.
+
+One step is the forward pass, the loss (the task's multi-label cross-entropy),
+the backward pass and Adam's update, under one `tf.function`, on an in-memory
+batch of the real shapes: rgb 1024 + audio 128 per frame, `--frames` frames
+(100, the default data's maximum; 300 for YouTube-8M), 88 classes, a random
+number of valid frames per video. Every config of configs/yt8m/ is measured
+(model sizes as in the config files); the cm_* variants carry their frozen,
+here untrained, correlation tower. The variants are compiled first and then
+timed round-robin (`--rounds` × `--steps`), so that a change of machine load
+affects all of them alike. Reports examples/s and, for each
+cross-modal variant, its step time as a ratio to the late-fusion baseline of
+the same aggregator.
+
+    python bench/train_step.py                      # T = 100, batch 64
+    python bench/train_step.py --frames 300 --json train_step_300.json
+    python bench/train_step.py --configs netvlad_late,netvlad_cm_concat --steps 10
+"""
+import argparse
+import glob
+import json
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+FEATURES = (("rgb", 1024), ("audio", 128))
+
+
+def config_names():
+    names = [os.path.splitext(os.path.basename(p))[0] for p in glob.glob(os.path.join(REPO, "configs/yt8m/*.py"))]
+    return sorted(n for n in names if n not in ("yt8m_base", "correlation_tower"))
+
+
+def make_batch(batch_size, frames, num_classes, seed=0):
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(frames // 5, frames + 1, batch_size)
+    mask = np.arange(frames)[None, :] < lengths[:, None]
+    batch = {name: (rng.uniform(-2, 2, (batch_size, frames, dim)) * mask[..., None]).astype(np.float32)
+             for name, dim in FEATURES}
+    batch["mask"] = mask
+    labels = np.zeros((batch_size, num_classes), np.float32)
+    labels[np.arange(batch_size), rng.integers(0, num_classes, batch_size)] = 1.0
+    return batch, labels
+
+
+def build_step(name, batch_size, frames, num_classes):
+    """The compiled training step of config `name` and its parameter counts."""
+    import keras
+    import tensorflow as tf
+
+    from vt_keras.cli.common import load_config_file
+    from vt_keras.models.video_classifier import build_video_classifier
+    from vt_keras.tasks.yt8m import multilabel_cross_entropy
+
+    config = load_config_file(os.path.join(REPO, "configs/yt8m", name + ".py"))
+    model = build_video_classifier(config.model, FEATURES, num_classes, frames)
+    optimizer = keras.optimizers.Adam(1e-3)
+    optimizer.build(model.trainable_variables)
+    inputs, labels = make_batch(batch_size, frames, num_classes)
+    inputs = {k: tf.constant(v) for k, v in inputs.items()}
+    labels = tf.constant(labels)
+
+    @tf.function
+    def step():
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(multilabel_cross_entropy(labels, model(inputs, training=True)))
+        grads = tape.gradient(loss, model.trainable_variables)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        return loss
+
+    return step, {"config": name, "params": int(sum(np.prod(v.shape) for v in model.trainable_variables)),
+                  "frozen_params": int(sum(np.prod(v.shape) for v in model.non_trainable_variables))}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument("--frames", type=int, default=100, help="T; 300 as in YouTube-8M")
+    parser.add_argument("--num_classes", type=int, default=88)
+    parser.add_argument("--steps", type=int, default=2, help="timed steps per variant and round")
+    parser.add_argument("--rounds", type=int, default=3, help="round-robin rounds over the variants (median "
+                        "of all timed steps reported)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (the first one traces)")
+    parser.add_argument("--configs", default="", help="comma-separated config names (default: all)")
+    parser.add_argument("--json", default=None, help="write the results to this JSON file")
+    args = parser.parse_args()
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+
+    names = [n for n in args.configs.split(",") if n] or config_names()
+    load = os.getloadavg()
+    steps, rows, times = {}, [], {}
+    for name in names:
+        start = time.perf_counter()
+        steps[name], row = build_step(name, args.batch_size, args.frames, args.num_classes)
+        for _ in range(args.warmup):
+            float(steps[name]())
+        row["trace_and_warmup_seconds"] = time.perf_counter() - start
+        rows.append(row)
+        times[name] = []
+    # Round robin, so that a change of machine load hits every variant alike.
+    for _ in range(args.rounds):
+        for name in names:
+            for _ in range(args.steps):
+                start = time.perf_counter()
+                float(steps[name]())
+                times[name].append(time.perf_counter() - start)
+    for row in rows:
+        t = np.asarray(times[row["config"]])
+        row.update(step_seconds_median=float(np.median(t)), step_seconds_min=float(t.min()),
+                   examples_per_sec=args.batch_size / float(np.median(t)))
+        print(f"{row['config']:<24} {row['examples_per_sec']:9.1f} ex/s  {1000 * row['step_seconds_median']:9.1f} "
+              f"ms/step", flush=True)
+    by_name = {r["config"]: r for r in rows}
+    for r in rows:
+        agg, _, fusion = r["config"].partition("_")
+        base = by_name.get(f"{agg}_late")
+        if fusion.startswith("cm_") and base:
+            r["step_time_vs_late"] = r["step_seconds_median"] / base["step_seconds_median"]
+
+    print(f"\nbatch {args.batch_size}, T = {args.frames}, {args.num_classes} classes, "
+          f"{len(tf.config.list_logical_devices('GPU')) or 'no'} GPU, {os.cpu_count()} CPU cores, "
+          f"load average at start {load[0]:.1f}")
+    print(f"| config | params | examples/s | ms/step | × late |\n|---|---|---|---|---|")
+    for r in rows:
+        ratio = f"{r['step_time_vs_late']:.2f}" if "step_time_vs_late" in r else ""
+        print(f"| {r['config']} | {r['params']:,} | {r['examples_per_sec']:.1f} | "
+              f"{1000 * r['step_seconds_median']:.0f} | {ratio} |")
+    if args.json:
+        meta = {"batch_size": args.batch_size, "frames": args.frames, "num_classes": args.num_classes,
+                "steps": args.steps, "rounds": args.rounds, "cpu_count": os.cpu_count(), "load_average_start": load,
+                "load_average_end": os.getloadavg(), "platform": platform.platform(),
+                "tensorflow": tf.__version__, "gpus": len(tf.config.list_logical_devices("GPU"))}
+        with open(args.json, "w") as f:
+            json.dump({"meta": meta, "results": rows}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
