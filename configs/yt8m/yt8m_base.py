@@ -41,7 +41,13 @@ def get_base_config(aggregator="pool", fusion="late"):
     c.model.moe_mixtures = 2
     c.model.moe_l2 = 1e-8
     c.model.output_context_gating = False
-    c.model.cka = dict(weight=0.0, num_samples=0, kernel="linear")  # CKA alignment of the branches
+    # Per-modality learned frame embedding (dense + ReLU) before the fusion; 0: none.
+    c.model.branch_units = 0
+    # CKA alignment of the two branch embeddings (Yun et al.): adds -weight * CKA to the loss and logs
+    # `cka`. Needs branch_units > 0. num_samples 0: one mean vector per video and branch; N: N valid
+    # frames drawn from the global batch (the paper's sampling). Paper: weight 0.05-0.2, after
+    # train.cka_warmup_steps steps of CKA alone.
+    c.model.cka = dict(weight=0.0, num_samples=0, kernel="linear", debiased=False)
 
     c.train = ml_collections.ConfigDict()
     c.train.batch_size = 64  # paper: 128

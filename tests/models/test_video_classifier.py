@@ -165,3 +165,81 @@ def test_cross_modal_export_serves_what_the_model_predicts(tiny_data, tower_work
     ids, probs, _ = next(task.predict(model, tiny_data, batch_size=6))
     assert [x.decode() for x in served["video_id"].numpy()] == [x.decode() for x in ids]
     np.testing.assert_allclose(served["predictions"].numpy(), -np.sort(-probs, axis=1)[:, :5], rtol=1e-5, atol=1e-6)
+
+
+def _linear_cka64(x, y):
+    """Biased linear CKA in float64, gram form (independent of the library's feature form)."""
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    n = len(x)
+    h = np.eye(n) - 1.0 / n
+    k, l = h @ x @ x.T @ h, h @ y @ y.T @ h
+    return np.sum(k * l) / np.sqrt(np.sum(k * k) * np.sum(l * l))
+
+
+@pytest.mark.parametrize("config_file", ["late_fusion", "rnn_cm_gated"])
+def test_cka_config_key_aligns_the_two_branches(config_file, tiny_data, tiny_batch, request):
+    import keras
+
+    from vt_keras.train.task import StepContext
+
+    overrides = {"model.branch_units": 6, "model.cka": dict(weight=0.25, num_samples=0, kernel="linear")}
+    if "_cm_" in config_file:
+        overrides["model.tower_workdir"] = request.getfixturevalue("tower_workdir")
+    task = loop.build_task(tiny_config(tiny_data, config_file=f"configs/yt8m/{config_file}.py", **overrides))
+    model = task.build_model()
+    task.warm_start(model)
+    ctx = StepContext(global_batch_size=8, num_replicas=1, gather=lambda x, axis=0: x, main_weight=1.0)
+    loss, metrics = task.loss_fn(model, tiny_batch, ctx)
+    # The aligned vectors: each video's mean branch embedding over its valid frames.
+    branches = keras.Model(model.inputs, [model.get_layer("rgb_branch").output, model.get_layer("audio_branch").output])
+    video, audio = (np.asarray(t, np.float64) for t in branches(task.model_inputs(tiny_batch)))
+    mask = tiny_batch["mask"].numpy().astype(np.float64)[..., None]
+    want = _linear_cka64((video * mask).sum(1) / mask.sum(1), (audio * mask).sum(1) / mask.sum(1))
+    np.testing.assert_allclose(float(metrics["cka"]), want, rtol=1e-5)
+    np.testing.assert_allclose(sum(float(x) for x in model.losses if x.shape == ()), -0.25 * want, rtol=1e-5, atol=1e-7)
+    assert 0.0 < want <= 1.0
+
+
+def test_cka_warm_up_trains_the_branches_alone(tiny_data, tiny_batch):
+    from vt_keras.train.task import StepContext
+
+    task = loop.build_task(tiny_config(tiny_data, **{"model.branch_units": 6, "model.cka.weight": 0.1}))
+    model = task.build_model()
+    grads = {}
+    for main_weight in (0.0, 1.0):
+        ctx = StepContext(global_batch_size=8, num_replicas=1, gather=lambda x, axis=0: x, main_weight=main_weight)
+        with tf.GradientTape() as tape:
+            loss, _ = task.loss_fn(model, tiny_batch, ctx)
+            loss = loss + tf.add_n(model.losses)
+        grads[main_weight] = dict(zip([v.path for v in model.trainable_variables],
+                                      tape.gradient(loss, model.trainable_variables)))
+    for path, g in grads[0.0].items():
+        if "_branch" in path:
+            assert g is not None and np.abs(np.asarray(g)).max() > 0, path
+        elif path.startswith("moe") or path.startswith("hidden"):
+            # The head only gets the (tiny) MoE L2 penalty, never the classification loss.
+            assert g is None or np.abs(np.asarray(g)).max() < 1e-6, path
+    gate = [g for path, g in grads[1.0].items() if path.startswith("moe") and "gate_dense/kernel" in path]
+    assert len(gate) == 1 and np.abs(np.asarray(gate[0])).max() > 1e-4
+
+
+def test_cka_run_logs_cka_and_warms_up(tiny_data, tmp_path):
+    lines = []
+    config = tiny_config(tiny_data, **{"model.branch_units": 6, "model.cka.weight": 0.1, "train.num_steps": 3,
+                                       "train.cka_warmup_steps": 1, "train.checkpoint_every": 0})
+    loop.train(config, str(tmp_path / "w"), strategy=one_device(), log=lines.append)
+    steps = [line for line in lines if line.startswith("step ")]
+    assert len(steps) == 3 and all(" cka=" in line for line in steps), steps
+    # Step 1 is CKA alone: its loss is -0.1 * CKA (+ the MoE penalty), negative.
+    assert float(steps[0].split("loss=")[1].split()[0]) < 0 < float(steps[2].split("loss=")[1].split()[0])
+
+
+@pytest.mark.parametrize("overrides, pattern", [
+    ({"model.cka.weight": 0.1}, r"model.cka.weight > 0 aligns the learned frame embeddings.*model.branch_units"),
+    ({"model.cka.weight": -1.0, "model.branch_units": 4}, r"model.cka.weight=-1.0: expected >= 0"),
+    ({"model.branch_units": -2}, r"model.branch_units=-2: expected >= 0"),
+])
+def test_cka_config_errors_name_the_key(tiny_data, overrides, pattern):
+    task = loop.build_task(tiny_config(tiny_data, **overrides))
+    with pytest.raises(ConfigError, match=pattern):
+        task.build_model()

@@ -18,6 +18,12 @@ The cm_* fusions need trained tower weights: `YT8MClassification.warm_start`
 copies them from `model.tower_workdir` into the `correlation_tower` layer,
 which is frozen (not trainable, always run with `training=False`).
 
+`model.branch_units > 0` gives each modality a learned frame embedding
+(a per-frame dense layer with ReLU) before the fusion, and
+`model.cka.weight = λ > 0` puts `vt_keras.layers.CKAAlignment` on those two
+embedding sequences (Yun et al.): `-λ · CKA(video, audio)` joins the loss and
+`cka` the training scalars. The correlation tower always sees the raw frames.
+
 The pooled vector goes through an optional hidden layer and context gating
 into a `MixtureOfExperts` head (the YouTube-8M MoE), optionally followed by
 context gating on the class probabilities, as the 2017 winners did.
@@ -31,6 +37,7 @@ AGGREGATORS = Registry("aggregator")
 FUSIONS = ("early", "late", "cm_gated", "cm_concat")
 CM_CONCAT_MODES = ("other", "both")
 TOWER_LAYER = "correlation_tower"
+CKA_LAYER = "cka_alignment"
 
 
 def _kw(model_cfg, name):
@@ -204,7 +211,8 @@ def build_video_classifier(model_cfg, features, num_classes, max_frames):
     inputs = {name: keras.Input((max_frames, dim), name=name) for name, dim in features}
     inputs["mask"] = keras.Input((max_frames,), dtype="bool", name="mask")
     mask = inputs["mask"]
-    frames = [inputs[name] for name, _ in features]
+    raw = [inputs[name] for name, _ in features]
+    frames = _branches(model_cfg, features, raw, mask, fusion)
 
     if fusion == "early":
         x = frames[0] if len(frames) == 1 else keras.layers.Concatenate(axis=-1)(frames)
@@ -221,7 +229,7 @@ def build_video_classifier(model_cfg, features, num_classes, max_frames):
             raise ConfigError(f"model.aggregator={model_cfg.aggregator!r} has no cross-modal form; "
                               "use netvlad, rnn or transformer with a cm_* fusion")
         tower = build_correlation_tower(model_cfg, frozen=True)
-        tower_out = tower((frames[0], frames[1]), mask=(mask, mask))
+        tower_out = tower((raw[0], raw[1]), mask=(mask, mask))
         video, audio, correlation = cross_modal_inputs(model_cfg, tower_out, frames[0], frames[1])
         pooled = agg.cross(model_cfg, "cross_modal_aggregator")((video, audio), mask=(mask, mask),
                                                                 correlation=correlation)
@@ -242,6 +250,35 @@ def build_video_classifier(model_cfg, features, num_classes, max_frames):
     if model_cfg.get("output_context_gating", False):
         probs = ContextGating(name="output_context_gating")(probs)
     return keras.Model(inputs, probs, name=f"{model_cfg.get('aggregator', 'pool')}_{fusion}")
+
+
+def _branches(model_cfg, features, frames, mask, fusion):
+    """Per-modality frame embeddings (`model.branch_units`) and their CKA alignment (`model.cka`)."""
+    units = int(model_cfg.get("branch_units", 0) or 0)
+    if units < 0:
+        raise ConfigError(f"model.branch_units={units}: expected >= 0 (0: the aggregators see the raw frames)")
+    if units:
+        frames = [keras.layers.Dense(units, activation="relu", name=f"{name}_branch")(x)
+                  for (name, _), x in zip(features, frames)]
+    cka_cfg = _kw(model_cfg, "cka")
+    weight = float(cka_cfg.get("weight", 0.0) or 0.0)
+    if weight < 0:
+        raise ConfigError(f"model.cka.weight={weight}: expected >= 0 (0 turns CKA alignment off)")
+    if weight == 0:
+        return frames
+    if len(frames) != 2:
+        raise ConfigError(f"model.cka aligns two branches (video, audio); data.features has {len(frames)}")
+    if not units:
+        raise ConfigError("model.cka.weight > 0 aligns the learned frame embeddings of the two branches; "
+                          "set model.branch_units (e.g. 256): the raw features have no weights to align")
+    from vt_keras.layers.alignment import CKAAlignment
+
+    num_samples = int(cka_cfg.get("num_samples", 0) or 0) or None
+    video, audio = CKAAlignment(weight=weight, num_samples=num_samples, kernel=cka_cfg.get("kernel", "linear"),
+                                debiased=bool(cka_cfg.get("debiased", False)),
+                                rbf_threshold=float(cka_cfg.get("rbf_threshold", 1.0)),
+                                name=CKA_LAYER)((frames[0], frames[1]), mask=(mask, mask))
+    return [video, audio]
 
 
 def _concat_over_time(frames, embedding):

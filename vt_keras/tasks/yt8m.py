@@ -35,6 +35,15 @@ def track_weights_by_path(model):
     return model
 
 
+def _cka_layer(model):
+    from vt_keras.models.video_classifier import CKA_LAYER
+
+    try:
+        return model.get_layer(CKA_LAYER)
+    except ValueError:
+        return None
+
+
 @TASKS.register("yt8m")
 class YT8MClassification(Task):
     """Multi-label classification of frame-level YouTube-8M records."""
@@ -125,7 +134,13 @@ class YT8MClassification(Task):
     def loss_fn(self, model, batch, ctx):
         probs = model(self.model_inputs(batch), training=True)
         per_example = multilabel_cross_entropy(batch["labels"], probs)
-        return ctx.mean_over_global_batch(per_example), {}
+        metrics = {}
+        alignment = _cka_layer(model)
+        if alignment is not None:
+            # The CKA of this step's global batch; its -λ·CKA is in model.losses.
+            metrics["cka"] = tf.identity(alignment.last_cka)
+        # main_weight is 0 during the CKA-only warm-up (train.cka_warmup_steps).
+        return ctx.main_weight * ctx.mean_over_global_batch(per_example), metrics
 
     def predict(self, model, pattern, batch_size=None, with_ids=False):
         """Yields `(ids, probabilities, labels)` numpy batches over the files of `pattern`."""
