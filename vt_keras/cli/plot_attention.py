@@ -38,14 +38,6 @@ def define_flags():
     flags.mark_flags_as_required(["workdir", "data"])
 
 
-def _masked_softmax_keys(logits, mask):
-    """Softmax over the key axis 2 of `[B, Tq, Tk, H]` logits, padded keys removed (float32)."""
-    from keras import ops
-
-    logits = ops.where(ops.cast(mask, "bool")[:, None, :, None], ops.cast(logits, "float32"), -1e9)
-    return ops.softmax(logits, axis=2)
-
-
 def _received(probs_bhqk, mask):
     """Attention each key frame receives, averaged over valid queries: `[B, H, T]`."""
     m = np.asarray(mask, np.float32)
@@ -59,12 +51,14 @@ def _single_stream(agg_name, layer, x, mask):
         return np.asarray(layer(x, mask=mask, return_attention=True)[1])
     if agg_name == "netvlad":
         return np.transpose(np.asarray(layer.soft_assign(x, mask=mask, training=False)), (0, 2, 1))
+    from vt_keras.layers.cross_modal_attention import masked_softmax
+
     probs = None
     for heads, block in zip(layer.heads, layer.blocks):
         logits, value = heads(x)
-        probs = _masked_softmax_keys(logits, mask)
+        probs = masked_softmax(logits, mask)
         x = block(x, heads.combine(probs, value), training=False)
-    return _received(np.transpose(np.asarray(probs), (0, 3, 1, 2)), mask)
+    return _received(probs, mask)
 
 
 def _cross_stream(agg_name, layer, video, audio, mask, correlation):
@@ -118,17 +112,28 @@ def attention_maps(model, model_cfg, features, inputs):
                           f"with aggregator {', '.join(sorted(_UNIT_NAMES))}")
     names = [n for n, _ in features]
     mask = inputs["mask"]
+    # What the aggregators see: the learned branch embeddings when the model has them.
+    frames = {n: _branch(model, n, inputs[n]) for n in names}
     if fusion == "early":
-        joint = np.concatenate([np.asarray(inputs[n]) for n in names], axis=-1)
+        joint = np.concatenate([np.asarray(frames[n]) for n in names], axis=-1)
         return [("+".join(names), _single_stream(agg_name, model.get_layer("early_aggregator"), joint, mask))], None
     if fusion == "late":
-        return [(n, _single_stream(agg_name, model.get_layer(f"{n}_aggregator"), inputs[n], mask))
+        return [(n, _single_stream(agg_name, model.get_layer(f"{n}_aggregator"), frames[n], mask))
                 for n in names], None
-    video, audio = inputs[names[0]], inputs[names[1]]
-    tower_out = model.get_layer(TOWER_LAYER)((video, audio), mask=(mask, mask))
-    video, audio, correlation = cross_modal_inputs(model_cfg, tower_out, video, audio)
+    # The tower reads the raw frames.
+    tower_out = model.get_layer(TOWER_LAYER)((inputs[names[0]], inputs[names[1]]), mask=(mask, mask))
+    video, audio, correlation = cross_modal_inputs(model_cfg, tower_out, frames[names[0]], frames[names[1]])
     wv, wa = _cross_stream(agg_name, model.get_layer("cross_modal_aggregator"), video, audio, mask, correlation)
     return [(names[0], wv), (names[1], wa)], np.asarray(tower_out["probability"])
+
+
+def _branch(model, name, x):
+    """`x` through the model's `<name>_branch` embedding (`model.branch_units`), or unchanged."""
+    try:
+        layer = model.get_layer(f"{name}_branch")
+    except ValueError:
+        return x
+    return layer(x)
 
 
 def find_video(task, pattern, video_id=None, batch_size=64):
