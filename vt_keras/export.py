@@ -58,7 +58,7 @@ def export_classifier(model, export_dir, features, max_frames, num_classes, top_
     def run_model(frames, num_frames):
         mask = tf.sequence_mask(num_frames, max_frames)
         if l2_normalize:
-            frames = yt8m._l2_normalize_concat(frames)  # the same normalisation as training
+            frames = yt8m.l2_normalize_concat(frames)  # the same normalisation as training
         inputs = dict(zip(names, frames))
         inputs["mask"] = mask
         return model(inputs, training=False)

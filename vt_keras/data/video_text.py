@@ -29,20 +29,21 @@ with data_errors():
         ...  # batch["clips"]: float32 [32, 16, 64]
 ```
 """
-import codecs
 import contextlib
 import re
 
 import numpy as np
 import tensorflow as tf
 
+from vt_keras.data import checks
+from vt_keras.data.yt8m import dequantize, quantize  # noqa: F401  (YouTube-8M's codes; public here too)
 from vt_keras.errors import DataError
 
 CLIP_ENCODINGS = ("float", "quantized")
 EXPERT_PREFIX = "expert/"
-_MARKER = "vt_keras.DataError: "
-_END = " ::"
-_MARKER_RE = re.compile(re.escape(_MARKER) + r"(.*?)" + re.escape(_END), re.S)
+# The marked line that `vt_keras.data.checks.data_errors` turns into a DataError.
+_MARKER = "<DataError>"
+_END = "</DataError>"
 # Errors of the proto parser itself (wrong types, bytes that are no proto);
 # `example_names` puts the file name after "Name:" / "example id:".
 _PARSER_RE = re.compile(
@@ -50,40 +51,30 @@ _PARSER_RE = re.compile(
 )
 
 
-def quantize(x):
-    """Float features → uint8 codes, YouTube-8M style (range [-2, 2])."""
-    return np.round((np.clip(np.asarray(x, np.float64), -2.0, 2.0) + 2.0) * 255.0 / 4.0).astype(
-        np.uint8
-    )
-
-
-def dequantize(q):
-    """uint8 codes (any numeric tensor) → float32 features; inverse of `quantize`."""
-    return tf.cast(q, tf.float32) * (4.0 / 255.0) + (4.0 / 512.0 - 2.0)
-
-
 @contextlib.contextmanager
 def data_errors():
-    """Turns the in-graph data checks of this module into `DataError`s."""
-    try:
-        yield
-    except tf.errors.OpError as e:
-        match = _MARKER_RE.search(e.message or "")
-        if match:
-            # TensorFlow prints the message C-escaped; undo that.
-            text = codecs.escape_decode(match.group(1).encode("utf-8"))[0].decode(
-                "utf-8", "replace")
-            raise DataError(" ".join(text.split())) from None
-        match = _PARSER_RE.search(e.message or "")
-        if match and isinstance(e, tf.errors.InvalidArgumentError):
-            raise DataError(
-                "record is not a video-text SequenceExample of the expected types "
-                f"(check clip_encoding): {' '.join(match.group(1).split())}"
-            ) from None
-        if isinstance(e, tf.errors.DataLossError):
-            text = re.sub(r"\{\{.*?\}\}|\[Op:.*", "", e.message.splitlines()[0])
-            raise DataError(f"corrupted TFRecord data: {' '.join(text.split())}") from None
-        raise
+    """`vt_keras.data.checks.data_errors` with hints for video-text records.
+
+    The in-graph checks of this module use the marked lines of
+    `vt_keras.data.checks`; records of the wrong proto types and damaged
+    TFRecord data get a message that says what to check.
+    """
+    with checks.data_errors():
+        try:
+            yield
+        except tf.errors.OpError as e:
+            if checks.data_error_message(e) is not None:
+                raise  # the outer context turns it into its DataError
+            match = _PARSER_RE.search(e.message or "")
+            if match and isinstance(e, tf.errors.InvalidArgumentError):
+                raise DataError(
+                    "record is not a video-text SequenceExample of the expected types "
+                    f"(check clip_encoding): {' '.join(match.group(1).split())}"
+                ) from None
+            if isinstance(e, tf.errors.DataLossError):
+                text = re.sub(r"\{\{.*?\}\}|\[Op:.*", "", e.message.splitlines()[0])
+                raise DataError(f"corrupted TFRecord data: {' '.join(text.split())}") from None
+            raise
 
 
 def _check_encoding(clip_encoding):

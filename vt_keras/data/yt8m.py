@@ -117,8 +117,19 @@ def _labels(labels, num_classes, where):
     return check, hot
 
 
-def _l2_normalize_concat(tensors):
-    """L2-normalises the concatenation of `tensors` along the last axis."""
+def l2_normalize_concat(tensors):
+    """L2-normalises the concatenation of `tensors` along the last axis (the starter code's `l2_normalize`).
+
+    Args:
+        tensors: float tensors `[..., d_i]` with the same leading shape.
+
+    Returns:
+        The list of `tensors`, each scaled by `1 / ||concat(tensors)||`, so
+        that the per-frame concatenation has unit norm.
+
+    Example:
+    >>> rgb, audio = l2_normalize_concat([rgb, audio])
+    """
     squares = tf.add_n([tf.reduce_sum(tf.square(t), axis=-1, keepdims=True) for t in tensors])
     inv = tf.math.rsqrt(tf.maximum(squares, 1e-12))
     return [t * inv for t in tensors]
@@ -203,7 +214,7 @@ def parse_frame_example(
             # Zero the padding and any frames past `num_frames` after dequantization.
             values.append(tf.where(mask[:, :, None], dequantize(q), 0.0))
         if l2_normalize:
-            values = _l2_normalize_concat(values)
+            values = l2_normalize_concat(values)
         out.update({name: v for (name, _), v in zip(features, values)})
     return out
 
@@ -248,7 +259,7 @@ def parse_video_example(
         # Every row holds exactly `dim` values (checked), in row-major order.
         values = [tf.reshape(parsed[name].values, [-1, dim]) for name, dim in features]
         if l2_normalize:
-            values = _l2_normalize_concat(values)
+            values = l2_normalize_concat(values)
         out.update({name: v for (name, _), v in zip(features, values)})
     return out
 
