@@ -93,6 +93,8 @@ def main():
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf
 
+    tf.get_logger().setLevel("ERROR")  # one tf.function per variant is intended, not "retracing"
+
     names = [n for n in args.configs.split(",") if n] or config_names()
     load = os.getloadavg()
     steps, rows, times = {}, [], {}
