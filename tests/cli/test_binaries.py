@@ -147,3 +147,29 @@ def test_evaluate_without_a_trained_workdir_is_one_line(tmp_path):
 def test_predict_with_a_wrong_export_dir_is_one_line(data, tmp_path):
     proc = run_bin("predict", f"--export_dir={tmp_path}", f"--data={data[1]}", f"--output={tmp_path / 'x.csv'}")
     assert_one_line_error(proc, "not a SavedModel")
+
+
+# Each binary's own flags, as its --help must list them (a sample per binary).
+HELP_FLAGS = {
+    "train": ("--config", "--workdir", "--strategy", "--num_cpu_devices", "--skip_corrupt_records"),
+    "evaluate": ("--workdir", "--data", "--taxonomy"),
+    "export": ("--workdir", "--export_dir"),
+    "predict": ("--export_dir", "--data", "--output"),
+    "make_data": ("--output_dir", "--num_videos"),
+    "compare": ("--workdirs", "--metrics"),
+    "search": ("--export_dir", "--data"),
+    "plot_attention": ("--workdir", "--data", "--video_id", "--output"),
+    "plot_alignment": ("--workdir", "--data", "--output"),
+}
+
+
+def test_every_binary_has_a_help_that_explains_its_flags():
+    assert sorted(HELP_FLAGS) == sorted(n for n in os.listdir(os.path.join(REPO_ROOT, "bin")))
+    for name, expected in HELP_FLAGS.items():
+        proc = run_bin(name, "--help", timeout=120)
+        text = proc.stdout + proc.stderr
+        assert proc.returncode in (0, 1), (name, text[-500:])  # absl ends --help with status 1
+        # The module's description, not the wrapper's one-line pointer to it.
+        assert f"bin/{name}" in text.splitlines()[0] and "see vt_keras/cli" not in text, (name, text[:300])
+        for flag in expected:
+            assert f"  {flag}" in text or f"  --[no]{flag[2:]}" in text, (name, flag, text)

@@ -93,6 +93,8 @@ def run(main, define_flags, default_config=None):
     except UserError as e:
         die(str(e))
 
+    _help_for_main(main)
+
     def parse(argv):
         try:
             return flags.FLAGS(argv)
@@ -110,6 +112,24 @@ def run(main, define_flags, default_config=None):
             raise
 
     app.run(guarded, flags_parser=parse)
+
+
+def _help_for_main(main):
+    """Makes `--help` show the binary's docstring and flags.
+
+    absl's `--help` prints the `__main__` module's docstring and the flags
+    registered for `sys.argv[0]`; the `bin/` wrappers hold neither, so both
+    are taken from the `vt_keras.cli` module that defines `main` (and the
+    config flags that this module defines for it).
+    """
+    from absl import flags
+
+    module = sys.modules.get(getattr(main, "__module__", ""), None)
+    if module is not None and module.__doc__:
+        sys.modules["__main__"].__doc__ = module.__doc__
+    for name in {getattr(main, "__module__", ""), __name__}:
+        for flag in flags.FLAGS.get_key_flags_for_module(name):
+            flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
 
 
 def config_flag(name="config", default=None, help_text="Config file (a .py with get_config()); "

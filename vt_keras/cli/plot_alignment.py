@@ -1,4 +1,4 @@
-"""bin/plot_alignment: cost matrices and soft-DTW alignments of a positive and a negative pair (VT-TWINS, Figure 2).
+r"""bin/plot_alignment: cost matrices and soft-DTW alignments of a positive and a negative pair (VT-TWINS, Figure 2).
 
     bin/plot_alignment --workdir=workdirs/vt_twins --data='<data>/validate-*.tfrecord' \
         --video_id=video00042 --output=alignment.png

@@ -1,4 +1,4 @@
-"""bin/plot_attention: plot one video's video and audio attention over time (Goyal et al., Figure 1).
+r"""bin/plot_attention: plot one video's video and audio attention over time (Goyal et al., Figure 1).
 
     bin/plot_attention --workdir=workdirs/rnn_cm_concat --data='data/validate-*.tfrecord' \
         --video_id=AbCdEfGhIjK --output=attention.png

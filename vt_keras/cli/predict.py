@@ -1,4 +1,4 @@
-"""bin/predict: run an export over records and write the Kaggle prediction CSV.
+r"""bin/predict: run an export over records and write the Kaggle prediction CSV.
 
     bin/predict --export_dir=workdirs/late_fusion/export --data='data/test-*.tfrecord' \
         --output=predictions.csv

@@ -1,4 +1,4 @@
-"""bin/search: the videos of some records that best match a text query, ranked by an export.
+r"""bin/search: the videos of some records that best match a text query, ranked by an export.
 
     bin/search --export_dir=workdirs/info_nce/export --data='data/test-*.tfrecord' \
         --query "crack the eggs" --top_k=5

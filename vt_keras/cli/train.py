@@ -1,4 +1,4 @@
-"""bin/train: train a config into a workdir, evaluate it, export it.
+r"""bin/train: train a config into a workdir, evaluate it, export it.
 
 With no flags this is the library's main job: it generates the embedded
 default data once (a cache directory), trains the default late-fusion
