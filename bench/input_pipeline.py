@@ -7,7 +7,11 @@ reads them three ways:
 - raw:            `tf.data.TFRecordDataset` over the files, records only;
 - parse only:     raw records batched and parsed by `parse_frame_example`;
 - frame_dataset:  the library pipeline (interleave with per-file checks,
-                  batched parsing, prefetch).
+                  batched parsing, prefetch);
+- per-record:     the peer, the YouTube-8M starter code's reader design on
+                  TF2 (our rewrite: one `parse_single_sequence_example` per
+                  record, `decode_raw`, dequantize, pad, concatenate the
+                  features, then batch; parallel map and prefetch added).
 
 Reports examples/s and the ratio to the raw read rate. Files are read once
 before timing so every figure reads from the page cache.
@@ -49,6 +53,29 @@ def write_records(directory, num_records, num_files, seed=0):
     return paths
 
 
+def per_record_reader(paths, batch_size, num_classes=3862):
+    """The starter code's frame-level reader design: parse and pad record by record, then batch."""
+    import tensorflow as tf
+
+    def parse(record):
+        context, lists = tf.io.parse_single_sequence_example(
+            record, context_features={"id": tf.io.FixedLenFeature([], tf.string),
+                                      "labels": tf.io.VarLenFeature(tf.int64)},
+            sequence_features={name: tf.io.FixedLenSequenceFeature([], tf.string) for name in ("rgb", "audio")})
+        frames = []
+        for name, dim in (("rgb", 1024), ("audio", 128)):
+            codes = tf.reshape(tf.io.decode_raw(lists[name], tf.uint8), [-1, dim])
+            num_frames = tf.minimum(tf.shape(codes)[0], FRAMES)
+            x = tf.cast(codes[:num_frames], tf.float32) * (4.0 / 255.0) + (4.0 / 512.0 - 2.0)
+            frames.append(tf.pad(x, [[0, FRAMES - num_frames], [0, 0]]))
+        labels = tf.sparse.to_indicator(context["labels"], num_classes)
+        return {"id": context["id"], "frames": tf.concat(frames, axis=1), "labels": labels,
+                "num_frames": num_frames}
+
+    return (tf.data.TFRecordDataset(paths).map(parse, num_parallel_calls=tf.data.AUTOTUNE)
+            .batch(batch_size).prefetch(tf.data.AUTOTUNE))
+
+
 def rate(dataset, count_fn):
     start, n = time.perf_counter(), 0
     for element in dataset:
@@ -88,6 +115,7 @@ def main():
         results["parse only"] = rate(parse_only.prefetch(tf.data.AUTOTUNE), lambda b: int(b["id"].shape[0]))
         pipeline = yt8m.frame_dataset(pattern, args.batch_size, max_frames=FRAMES)
         results["frame_dataset"] = rate(pipeline, lambda b: int(b["id"].shape[0]))
+        results["per-record (peer)"] = rate(per_record_reader(paths, args.batch_size), lambda b: int(b["id"].shape[0]))
     finally:
         if args.dir is None:
             shutil.rmtree(directory, ignore_errors=True)
@@ -96,12 +124,12 @@ def main():
     print(f"{args.num_records} records x {FRAMES} frames in {args.num_files} files, {size_mb:.0f} MiB "
           f"(written in {write_s:.1f} s); batch {args.batch_size}; {os.cpu_count()} CPUs; "
           f"BFC allocator {'on' if args.bfc_allocator else 'off'}")
-    print(f"{'reader':<16}{'examples/s':>12}{'MiB/s':>10}{'vs raw':>9}")
+    print(f"{'reader':<20}{'examples/s':>12}{'MiB/s':>10}{'vs raw':>9}")
     rows = []
     for name, (value, n) in results.items():
         assert n == args.num_records, (name, n)
         mib = value * size_mb / args.num_records
-        print(f"{name:<16}{value:>12.1f}{mib:>10.1f}{value / raw_rate:>9.3f}")
+        print(f"{name:<20}{value:>12.1f}{mib:>10.1f}{value / raw_rate:>9.3f}")
         rows.append({"reader": name, "examples_per_s": value, "mib_per_s": mib, "ratio_to_raw": value / raw_rate})
     if args.json:
         with open(args.json, "w") as f:
