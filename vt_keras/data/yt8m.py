@@ -54,6 +54,11 @@ def dequantize(q, max_quantized_value=2.0, min_quantized_value=-2.0):
     span = max_quantized_value - min_quantized_value
     scale, bias = span / 255.0, span / 512.0 + min_quantized_value
     if isinstance(q, (tf.Tensor, tf.Variable)):
+        if q.dtype == tf.uint8:
+            # TensorFlow's Dequantize computes `min + q · (max − min) / 255` in
+            # one pass over the codes (the three-op form made three) and gives
+            # the same float32 values.
+            return tf.quantization.dequantize(tf.bitcast(q, tf.quint8), bias, bias + span, mode="MIN_COMBINED")
         return tf.cast(q, tf.float32) * scale + bias
     return (np.asarray(q, np.float32) * np.float32(scale) + np.float32(bias)).astype(np.float32)
 
@@ -205,14 +210,21 @@ def parse_frame_example(
         out = {"id": tf.identity(ids), "num_frames": num_frames, "mask": mask, "labels": hot}
         values = []
         for name, dim in features:
-            # Frames are checked to be `dim` bytes each, so joining a video's
-            # frames and decoding with a fixed length pads it to `max_frames`
-            # in one copy.
-            joined = tf.strings.reduce_join(lists[name][:, :max_frames], axis=1)
-            q = tf.io.decode_raw(joined, tf.uint8, fixed_length=max_frames * dim)
-            q = tf.reshape(q, [-1, max_frames, dim])
-            # Zero the padding and any frames past `num_frames` after dequantization.
-            values.append(tf.where(mask[:, :, None], dequantize(q), 0.0))
+            # Frames are checked to be `dim` bytes each; missing frames of the
+            # shorter videos are "" and decode to zeros. Dequantize only the
+            # batch's longest `t <= max_frames` frames, then pad with zeros.
+            frames = lists[name][:, :max_frames]
+            steps = tf.shape(frames)[1]
+            q = tf.io.decode_raw(frames, tf.uint8, fixed_length=dim)
+            x = dequantize(q)
+            # Zero the padding and any frames past `num_frames` (a pass saved
+            # when there are none: one record, or videos of equal length).
+            valid = mask[:, :steps]
+            x = tf.cond(tf.reduce_all(valid), lambda x=x: x, lambda x=x, v=valid: tf.where(v[:, :, None], x, 0.0))
+            x = tf.pad(x, [[0, 0], [0, max_frames - steps], [0, 0]])
+            x = tf.reshape(x, [-1, max_frames, dim])
+            x.set_shape(ids.shape[:1].concatenate([max_frames, dim]))  # keep a static batch size
+            values.append(x)
         if l2_normalize:
             values = l2_normalize_concat(values)
         out.update({name: v for (name, _), v in zip(features, values)})
