@@ -151,17 +151,10 @@ class RetrievalTask(Task):
         """Default data for an empty `data.train_pattern`; the vocabulary; a check of the records."""
         from vt_keras.data.video_text import data_errors
 
+        from vt_keras.train.task import fill_default_data
+
         d = config.data
-        used_default = False
-        if not d.train_pattern:
-            log("embedded default video-text data: generating it once into the cache if missing ...")
-            root = ensure_default_video_text_data()
-            log(f"embedded default video-text data: {root}")
-            d.train_pattern = os.path.join(root, "train-*.tfrecord")
-            d.eval_pattern = d.eval_pattern or os.path.join(root, "validate-*.tfrecord")
-            if "test_pattern" in d and not d.test_pattern:
-                d.test_pattern = os.path.join(root, "test-*.tfrecord")
-            used_default = True
+        used_default = fill_default_data(d, ensure_default_video_text_data, "embedded default video-text data", log)
         if not d.eval_pattern:
             raise ConfigError("data.eval_pattern is empty; expected the validation files' pattern")
         # The loop cannot name a bad training record on one line; check a first batch here.

@@ -51,19 +51,11 @@ class YT8MClassification(Task):
     @classmethod
     def prepare_config(cls, config, log=print):
         """Empty `data.train_pattern`: the embedded default data; `num_classes` 0: from its taxonomy."""
-        d = config.data
-        used_default = False
-        if not d.train_pattern:
-            from vt_keras.data import synthetic
+        from vt_keras.data import synthetic
+        from vt_keras.train.task import fill_default_data
 
-            log("embedded default data: generating it once into the cache if missing ...")
-            root = synthetic.ensure_default_data()
-            log(f"embedded default data: {root}")
-            d.train_pattern = os.path.join(root, "train-*.tfrecord")
-            d.eval_pattern = d.eval_pattern or os.path.join(root, "validate-*.tfrecord")
-            if "test_pattern" in d and not d.test_pattern:
-                d.test_pattern = os.path.join(root, "test-*.tfrecord")
-            used_default = True
+        d = config.data
+        used_default = fill_default_data(d, synthetic.ensure_default_data, "embedded default data", log)
         if not d.eval_pattern:
             from vt_keras.errors import ConfigError
 

@@ -114,3 +114,31 @@ class Task:
     def summary_line(self, metrics):
         """A one-line human summary of evaluation metrics for the console."""
         return " ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()) if isinstance(v, float))
+
+
+def fill_default_data(data_cfg, ensure_data, what, log=print):
+    """Points an empty `data.train_pattern` (and empty eval/test patterns) at a task's embedded data.
+
+    Args:
+        data_cfg: the config's `data` ConfigDict.
+        ensure_data: a function that generates the data once into the cache
+            and returns its directory (with `train-*`, `validate-*` and
+            `test-*` files).
+        what: the data's name in the log lines.
+        log: where the two progress lines go.
+
+    Returns:
+        True when the embedded data was substituted.
+    """
+    import os
+
+    if data_cfg.train_pattern:
+        return False
+    log(f"{what}: generating it once into the cache if missing ...")
+    root = ensure_data()
+    log(f"{what}: {root}")
+    data_cfg.train_pattern = os.path.join(root, "train-*.tfrecord")
+    data_cfg.eval_pattern = data_cfg.eval_pattern or os.path.join(root, "validate-*.tfrecord")
+    if "test_pattern" in data_cfg and not data_cfg.test_pattern:
+        data_cfg.test_pattern = os.path.join(root, "test-*.tfrecord")
+    return True
