@@ -36,7 +36,7 @@ def run_sweep(config, workdir, strategy, train_one, log=print):
     if is_chief(strategy):
         with open(os.path.join(workdir, "metrics.json"), "w") as f:
             json.dump(results, f, indent=2, sort_keys=True)
-        if task is not None and hasattr(task, "after_sweep"):
+        if task is not None:
             task.after_sweep(workdir, results)
         log(f"wrote {os.path.join(workdir, 'metrics.json')}")
     return results

@@ -54,12 +54,8 @@ def train_one(config, workdir, strategy, log=print):
     task = loop.build_task(config)
     results, model = loop.train(config, workdir, strategy=strategy, log=log)
     export_dir = None
-    if FLAGS.export and is_chief(strategy) and hasattr(task, "export"):
-        try:
-            export_dir = os.path.join(workdir, "export")
-            task.export(model, export_dir)
-        except NotImplementedError:
-            export_dir = None
+    if FLAGS.export and is_chief(strategy):
+        export_dir = task.export(model, os.path.join(workdir, "export"))
     return task, results, export_dir
 
 
@@ -101,8 +97,9 @@ def main(argv):
     print()
     show_baseline = FLAGS.baseline if FLAGS.baseline is not None else uses_default_data
     baseline = None
-    if show_baseline and hasattr(task, "label_frequency_baseline"):
-        baseline = task.label_frequency_baseline(config.data.train_pattern, config.data.eval_pattern)
+    if show_baseline:
+        baseline = task.baseline(config.data.train_pattern, config.data.eval_pattern)
+    if baseline is not None:
         with open(os.path.join(workdir, "baseline_metrics.json"), "w") as f:
             json.dump(baseline, f, indent=2, sort_keys=True)
     print(task.format_results(results, baseline=baseline))

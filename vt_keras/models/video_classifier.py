@@ -237,7 +237,9 @@ def build_video_classifier(model_cfg, features, num_classes, max_frames):
     x = pooled
     hidden = model_cfg.get("hidden_size", 0)
     if hidden:
-        x = keras.layers.Dense(hidden, name="hidden")(x)
+        # No bias: the batch norm's beta takes its place. A bias before a batch norm has an
+        # analytically zero gradient, so Adam would turn float rounding noise into steps.
+        x = keras.layers.Dense(hidden, use_bias=False, name="hidden")(x)
         # Synchronized so that N replicas normalise like one device on the global batch.
         x = keras.layers.BatchNormalization(synchronized=True, name="hidden_bn")(x)
         x = keras.layers.ReLU(name="hidden_relu")(x)

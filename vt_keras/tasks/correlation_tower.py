@@ -238,7 +238,7 @@ class CorrelationTowerTask(YT8MClassification):
                 ("uncorrelated_detection_rate", "detected"))
         return " ".join(f"{short}={metrics[k]:.4f}" for k, short in keys if k in metrics)
 
-    def label_frequency_baseline(self, train_pattern, eval_pattern):
+    def baseline(self, train_pattern, eval_pattern):
         """None: a label-frequency baseline means nothing for pairs (bin/train then prints none)."""
         del train_pattern, eval_pattern
 

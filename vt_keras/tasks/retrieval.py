@@ -163,6 +163,12 @@ class RetrievalTask(Task):
         prepare_vocabulary(config, log=log)
         return used_default
 
+    def error_context(self):
+        """Video-text records: the data checks' lines plus hints on proto types and damaged files."""
+        from vt_keras.data.video_text import data_errors
+
+        return data_errors()
+
     def vocabulary(self):
         """The vocabulary tokens of `data.vocabulary`, checked against the config's digest."""
         from vt_keras.text import load_vocabulary

@@ -179,7 +179,7 @@ class YT8MClassification(Task):
             acc.update(probs, labels)
         return {k: float(v) for k, v in acc.result().items()}
 
-    def label_frequency_baseline(self, train_pattern, eval_pattern):
+    def baseline(self, train_pattern, eval_pattern):
         """Metrics of scoring every video with the training label frequencies."""
         from vt_keras.data import yt8m
         from vt_keras.metrics.yt8m import YT8MMetrics

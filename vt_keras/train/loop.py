@@ -21,8 +21,6 @@ import tensorflow as tf
 from absl import logging
 
 from vt_keras import distributed
-from vt_keras.data import video_text
-from vt_keras.data.checks import data_errors
 from vt_keras.errors import TrainingDiverged
 from vt_keras.train import checkpoints, strategy as strategy_lib
 from vt_keras.train.schedules import LearningRate, ReduceOnPlateau, build_optimizer
@@ -160,8 +158,8 @@ def train(config, workdir, strategy=None, log=print):
     log(f"training {config.task} to step {num_steps} on {num_replicas} replica(s), "
         f"global batch {global_batch}, workdir {workdir}")
     while step < num_steps:
-        # A bad record (either record family) becomes one DataError line.
-        with data_errors(), video_text.data_errors():
+        # A bad record becomes one DataError line (the task knows its records' hints).
+        with task.error_context():
             loss, metrics = train_step(iterator)
         step += 1
         steps_since += 1

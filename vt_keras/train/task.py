@@ -23,6 +23,7 @@ warm-up, `ctx.main_weight` is 0: a task multiplies its main objective by it.
 import dataclasses
 from typing import Callable
 
+from vt_keras.data.checks import data_errors
 from vt_keras.registry import Registry
 
 TASKS = Registry("task")
@@ -92,8 +93,31 @@ class Task:
         raise NotImplementedError
 
     def export(self, model, export_dir):
-        """Writes a SavedModel with this task's serving signatures."""
-        raise NotImplementedError
+        """Writes a SavedModel with this task's serving signatures; returns its path, or None.
+
+        The default exports nothing (a task without serving signatures).
+        """
+        del model, export_dir
+        return None
+
+    def error_context(self):
+        """A context manager that turns this task's data check failures into one-line `DataError`s.
+
+        The trainer and the evaluation wrap every pull from the task's
+        datasets in it. The default knows the marked lines of
+        `vt_keras.data.checks`; a task whose records need more hints
+        (e.g. video-text records) returns its own.
+        """
+        return data_errors()
+
+    def baseline(self, train_pattern, eval_pattern):
+        """Metrics of a data-only baseline to print beside the model's, or None (no baseline)."""
+        del train_pattern, eval_pattern
+        return None
+
+    def after_sweep(self, workdir, results):
+        """Called once after a `sweep` config trained every value: summaries, plots. Default: nothing."""
+        del workdir, results
 
     def trackables(self):
         """Extra state to checkpoint beside model and optimizer (e.g. a loss queue)."""
