@@ -50,6 +50,9 @@ def get_config(method=None):
     c.train.eval_every = 20  # one point of the curves per epoch (~19.5 steps)
     c.train.checkpoint_every = 1000
     c.train.keep_checkpoints = 1
+    # true: TensorFlow's op determinism, so two runs of one command (or a run killed and resumed)
+    # end with the same weights; some kernels run slower.
+    c.train.deterministic = False
     c.train.grad_clip_norm = 0.0
     # CKA-only warm-up of cos_cka (paper: "a few steps"): one epoch. cos_only has no
     # CKA term and ignores it; cka_only has no cosine term.

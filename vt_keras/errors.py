@@ -24,3 +24,7 @@ class CheckpointError(UserError):
 
 class TrainingDiverged(UserError):
     """The loss became NaN or Inf; the last good checkpoint is kept."""
+
+
+class TrainingInterrupted(UserError):
+    """Training stopped before its last step (SIGTERM, a lost worker); a checkpoint is kept to resume from."""

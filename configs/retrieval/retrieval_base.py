@@ -58,6 +58,9 @@ def get_base_config(loss="info_nce"):
     c.train.eval_every = 250  # 0: evaluate at the end only
     c.train.grad_clip_norm = 0.0  # 0: no clipping of the global gradient norm
     c.train.keep_checkpoints = 3
+    # true: TensorFlow's op determinism, so two runs of one command (or a run killed and resumed)
+    # end with the same weights; some kernels run slower.
+    c.train.deterministic = False
 
     c.optimizer = ml_collections.ConfigDict()
     c.optimizer.name = "adam"  # adam | adamw | radam | sgd

@@ -59,6 +59,9 @@ def get_base_config(aggregator="pool", fusion="late"):
     c.train.eval_every = 0  # 0: evaluate at the end only
     c.train.grad_clip_norm = 0.0
     c.train.keep_checkpoints = 3
+    # true: TensorFlow's op determinism, so two runs of one command (or a run killed and resumed)
+    # end with the same weights; some kernels run slower.
+    c.train.deterministic = False
     c.train.cka_warmup_steps = 0
 
     c.optimizer = ml_collections.ConfigDict()

@@ -48,28 +48,42 @@ def default_workdir(config_path):
 
 
 def train_one(config, workdir, strategy, log=print):
-    from vt_keras.train import loop
-    from vt_keras.train.strategy import is_chief
+    """Trains one config with one task object (the one that trains is the one that exports)."""
+    from vt_keras.train import loop, strategy as strategy_lib
 
     task = loop.build_task(config)
-    results, model = loop.train(config, workdir, strategy=strategy, log=log)
+    results, model = loop.train(config, workdir, strategy=strategy, log=log, task=task)
     export_dir = None
-    if FLAGS.export and is_chief(strategy):
+    if FLAGS.export and strategy_lib.is_chief(strategy):
         export_dir = task.export(model, os.path.join(workdir, "export"))
     return task, results, export_dir
+
+
+def check_workdir(workdir):
+    """A workdir must be a directory or not exist yet; a regular file there is a mistake."""
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise common.ConfigError(f"--workdir={workdir} is a file; expected a directory (existing or new) for "
+                                 "checkpoints, config.json and metrics.json")
 
 
 def main(argv):
     if len(argv) > 1:
         raise common.ConfigError(f"unexpected arguments {argv[1:]}; flags take the form --name=value")
+    # TensorFlow is imported here, not at the top: flag and config mistakes and --help
+    # answer in a fraction of a second without it.
     from vt_keras.train import loop, strategy as strategy_lib
 
     config = common.checked_config(FLAGS["config"])
     config_path = FLAGS["config"].config_filename
     workdir = FLAGS.workdir or default_workdir(config_path)
-    strategy = strategy_lib.create_strategy(FLAGS.strategy, FLAGS.num_cpu_devices)
-    if FLAGS.skip_corrupt_records and "data" in config:
+    check_workdir(workdir)
+    if FLAGS.skip_corrupt_records:
+        if "data" not in config or "skip_corrupt_records" not in config.data:
+            raise common.ConfigError(
+                f"--skip_corrupt_records: the config {config_path} (task {config.get('task')!r}) reads no record "
+                "files that could be corrupt (it has no data.skip_corrupt_records); drop the flag")
         config.data.skip_corrupt_records = True
+    strategy = strategy_lib.create_strategy(FLAGS.strategy, FLAGS.num_cpu_devices)
     import vt_keras.tasks  # noqa: F401  (registers the tasks)
     from vt_keras.train.task import TASKS
 

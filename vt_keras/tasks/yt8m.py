@@ -18,21 +18,10 @@ def multilabel_cross_entropy(labels, probs):
 
 
 def track_weights_by_path(model):
-    """Makes every weight of `model` part of TensorFlow's checkpoint graph, keyed by its path.
+    """See `vt_keras.train.checkpoints.track_variables`."""
+    from vt_keras.train.checkpoints import track_variables
 
-    On the TensorFlow backend Keras 3 keeps sublayers held in Python lists
-    (the tower's dense stacks, the Transformer's blocks, CrossModalNetVLAD's
-    transforms) out of the object graph that `tf.train.Checkpoint` walks.
-    Trainable ones still reach a training checkpoint through the optimizer,
-    but a model restored without its optimizer (evaluate, export, plots) and
-    the frozen correlation tower would silently keep their initial values.
-    Weight paths depend only on the config (every sublayer with weights is
-    named), so the same config restores them one to one.
-    """
-    holder = tf.Module(name="weights_by_path")
-    holder.weights_by_path = {w.path: w for w in model.weights}
-    model.checkpoint_weights = holder
-    return model
+    return track_variables(model)
 
 
 def _cka_layer(model):

@@ -78,6 +78,29 @@ def check_same_model(config, workdir, sections=("task", "model", "data.features"
         )
 
 
+def track_variables(model):
+    """Makes every variable of `model` part of TensorFlow's checkpoint graph, keyed by its path.
+
+    On the TensorFlow backend Keras 3 keeps sublayers held in Python lists
+    (the tower's dense stacks, the Transformer's blocks, CrossModalNetVLAD's
+    transforms) out of the object graph that `tf.train.Checkpoint` walks.
+    Trainable ones still reach a training checkpoint through the optimizer,
+    but a model restored without its optimizer (evaluate, export, plots) and
+    a frozen warm-started part would silently keep their initial values.
+    The random generators' states (dropout) are variables too: saving them
+    lets a resumed run draw the same dropout masks as an uninterrupted one.
+    Variable paths depend only on the config (every sublayer with weights is
+    named), so the same config restores them one to one.
+
+    Returns:
+        `model`, with a `checkpoint_variables` attribute holding the variables.
+    """
+    holder = tf.Module(name="variables_by_path")
+    holder.variables_by_path = {v.path: v for v in model.variables}
+    model.checkpoint_variables = holder
+    return model
+
+
 class CheckpointKeeper:
     """Saves and restores the training state of one run."""
 

@@ -14,6 +14,7 @@ two or more workers, so the loop is ours).
 import json
 import math
 import os
+import re
 import time
 
 import keras
@@ -21,8 +22,8 @@ import tensorflow as tf
 from absl import logging
 
 from vt_keras import distributed
-from vt_keras.errors import TrainingDiverged
-from vt_keras.train import checkpoints, strategy as strategy_lib
+from vt_keras.errors import CheckpointError, ConfigError, TrainingDiverged, TrainingInterrupted
+from vt_keras.train import checkpoints, preemption, strategy as strategy_lib
 from vt_keras.train.schedules import LearningRate, ReduceOnPlateau, build_optimizer
 from vt_keras.train.task import TASKS, StepContext
 
@@ -38,7 +39,7 @@ def build_task(config):
 def _make_replica_step(task, model, optimizer, global_batch_size, num_replicas, clip_norm, warmup_steps=0):
     variables = model.trainable_variables
 
-    def replica_step(batch):
+    def replica_step(batch, stop_requested):
         main_weight = 1.0
         if warmup_steps:
             main_weight = tf.cast(optimizer.iterations >= warmup_steps, tf.float32)
@@ -54,19 +55,22 @@ def _make_replica_step(task, model, optimizer, global_batch_size, num_replicas, 
         grads = tape.gradient(loss, variables)
         pairs = [(g, v) for g, v in zip(grads, variables) if g is not None]
         grads = [g for g, _ in pairs]
-        grad_norm = tf.constant(0.0)
+        rctx = tf.distribute.get_replica_context()
+        metrics = dict(metrics)
         if clip_norm:
             # Clip the *summed* gradient: sum over replicas first, then hand each
             # replica 1/N of it, since the optimizer sums over replicas again.
-            rctx = tf.distribute.get_replica_context()
             if num_replicas > 1:
                 grads = rctx.all_reduce(tf.distribute.ReduceOp.SUM, grads)
             grads, grad_norm = tf.clip_by_global_norm(grads, clip_norm)
             grads = [g / float(num_replicas) for g in grads]
+            # The global norm of the whole step's gradient, before clipping.
+            metrics["grad_norm"] = grad_norm
         optimizer.apply_gradients(zip(grads, [v for _, v in pairs]))
-        metrics = dict(metrics)
-        metrics["grad_norm"] = grad_norm
-        return loss, metrics
+        # A SIGTERM on any worker stops all of them after the same step.
+        # (identity: a copy on this replica's device; all_reduce sends results to the input's device.)
+        stop = rctx.all_reduce(tf.distribute.ReduceOp.SUM, tf.identity(stop_requested))
+        return loss, metrics, stop
 
     return replica_step
 
@@ -89,11 +93,31 @@ def evaluate_and_log(task, model, pattern, writer, step, log=print, prefix="eval
     return results
 
 
-def train(config, workdir, strategy=None, log=print):
-    """Trains `config` into `workdir`; returns the final evaluation metrics.
+def _checkpoint_or_none(keeper):
+    return keeper.latest or "none yet"
+
+
+def train(config, workdir, strategy=None, log=print, task=None):
+    """Trains `config` into `workdir`; returns `(final evaluation metrics, model)`.
 
     Resumes from the latest checkpoint in `workdir` if there is one and stops
-    at `config.train.num_steps` in total.
+    at `config.train.num_steps` in total. A resumed run continues the
+    interrupted run's data stream where it stopped (the stream is a function
+    of `config.seed`; the batches already trained on are skipped), so with
+    `train.deterministic` it ends with the weights of an uninterrupted run.
+
+    A SIGTERM (a preemptible machine being reclaimed) stops training after
+    the current step on every worker, saves a checkpoint, and raises
+    `TrainingInterrupted`; the rerun of the same command continues from it.
+
+    Args:
+        config: the run's `ConfigDict`.
+        workdir: where checkpoints, summaries, `config.json` and
+            `metrics.json` go.
+        strategy: a `tf.distribute.Strategy` (default: `auto`).
+        log: where progress lines go.
+        task: the run's `Task` if the caller built it already (one task per
+            run); built from `config` otherwise.
     """
     strategy = strategy or strategy_lib.create_strategy("auto")
     chief = strategy_lib.is_chief(strategy)
@@ -101,12 +125,14 @@ def train(config, workdir, strategy=None, log=print):
     tcfg = config.train
     global_batch = int(tcfg.batch_size)
     if global_batch % num_replicas:
-        from vt_keras.errors import ConfigError
-
         raise ConfigError(f"train.batch_size={global_batch} must be divisible by the {num_replicas} replicas")
 
+    if tcfg.deterministic:
+        # Kernels without a deterministic implementation raise instead of
+        # running; tf.data keeps its element order (it does by default here).
+        tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(int(config.seed))
-    task = build_task(config)
+    task = task or build_task(config)
     checkpoints.check_same_model(config, workdir)
     if chief:
         checkpoints.save_config(config, workdir)
@@ -130,21 +156,29 @@ def train(config, workdir, strategy=None, log=print):
     start_step = int(optimizer.iterations.numpy())
     if restored:
         log(f"resumed from {restored} at step {start_step}")
-    # A resumed run reshuffles with a new seed instead of replaying the same examples.
-    task.data_seed = int(config.seed) + start_step
-    dist_ds = strategy.distribute_datasets_from_function(task.train_dataset)
+
+    def dataset_fn(input_context):
+        # Each input pipeline feeds num_replicas / num_pipelines replicas, one
+        # batch each per step: skip what the interrupted run consumed.
+        ds = task.train_dataset(input_context)
+        per_step = input_context.num_replicas_in_sync // input_context.num_input_pipelines
+        return ds.skip(start_step * per_step) if start_step else ds
+
+    dist_ds = strategy.distribute_datasets_from_function(dataset_fn)
     iterator = iter(dist_ds)
 
     replica_step = _make_replica_step(task, model, optimizer, global_batch, num_replicas,
                                       tcfg.get("grad_clip_norm", 0.0), int(tcfg.get("cka_warmup_steps", 0)))
 
     @tf.function
-    def train_step(it):
+    def train_step(it, stop_requested):
         optimizer.learning_rate.assign(schedule(optimizer.iterations) * plateau.scale)
-        loss, metrics = strategy.run(replica_step, args=(next(it),))
+        loss, metrics, stop = strategy.run(replica_step, args=(next(it), stop_requested))
         loss = strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None)
         metrics = {k: strategy.reduce(tf.distribute.ReduceOp.MEAN, v, axis=None) for k, v in metrics.items()}
-        return loss, metrics
+        # Every replica holds the cluster-wide count already (all-reduced in the step).
+        stop = strategy.experimental_local_results(stop)[0]
+        return loss, metrics, stop
 
     writer = tf.summary.create_file_writer(os.path.join(workdir, "train")) if chief else None
     eval_writer = tf.summary.create_file_writer(os.path.join(workdir, "eval")) if chief else None
@@ -157,36 +191,56 @@ def train(config, workdir, strategy=None, log=print):
     t_last, steps_since = time.time(), 0
     log(f"training {config.task} to step {num_steps} on {num_replicas} replica(s), "
         f"global batch {global_batch}, workdir {workdir}")
-    while step < num_steps:
-        # A bad record becomes one DataError line (the task knows its records' hints).
-        with task.error_context():
-            loss, metrics = train_step(iterator)
-        step += 1
-        steps_since += 1
-        loss_value = float(loss)
-        if not math.isfinite(loss_value):
-            raise TrainingDiverged(
-                f"loss became {loss_value} at step {step}; training stopped and the last good checkpoint "
-                f"({keeper.latest or 'none yet'}) is kept; lower optimizer.learning_rate or set train.grad_clip_norm")
-        if step % log_every == 0 or step == num_steps:
-            elapsed = time.time() - t_last
-            ex_per_sec = steps_since * global_batch / max(elapsed, 1e-9)
-            lr = float(optimizer.learning_rate.numpy())
-            scalars = {"loss": loss_value, "learning_rate": lr, "examples_per_sec": ex_per_sec}
-            scalars.update({k: float(v) for k, v in metrics.items()})
-            _write_scalars(writer, step, scalars)
-            extra = " ".join(f"{k}={float(v):.4g}" for k, v in metrics.items() if k != "grad_norm")
-            log(f"step {step}/{num_steps} loss={loss_value:.4f} lr={lr:.3g} {extra} "
-                f"examples/sec={ex_per_sec:.1f}".replace("  ", " "))
-            t_last, steps_since = time.time(), 0
-        if ckpt_every and step % ckpt_every == 0:
-            keeper.save(step)
-            last_saved = step
-        if eval_every and step % eval_every == 0 and step < num_steps:
-            results = evaluate_and_log(task, model, config.data.eval_pattern, eval_writer, step, log)
-            if plateau.update(results):
-                log(f"no improvement of {plateau.monitor} for {plateau.patience} evaluations: "
-                    f"learning rate scale now {float(plateau.scale.numpy()):.3g}")
+    multi_worker = strategy_lib.is_multi_worker(strategy)
+    with preemption.SigtermFlag() as sigterm:
+        while step < num_steps:
+            try:
+                # A bad record becomes one DataError line (the task knows its records' hints).
+                with task.error_context():
+                    loss, metrics, stop = train_step(iterator, tf.constant(float(sigterm.raised), tf.float32))
+            except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.AbortedError,
+                    tf.errors.CancelledError, tf.errors.InternalError) as e:
+                if not multi_worker:
+                    raise
+                lost = sorted(set(re.findall(r"/job:\w+/replica:\d+/task:\d+", str(e)))) or ["unknown"]
+                raise TrainingInterrupted(
+                    f"a worker of the cluster stopped responding during step {step + 1} ({', '.join(lost)}: "
+                    f"{type(e).__name__}); the last "
+                    f"checkpoint is {_checkpoint_or_none(keeper)}: restart every worker with the same command to "
+                    "resume from it") from None
+            step += 1
+            steps_since += 1
+            loss_value = float(loss)
+            if not math.isfinite(loss_value):
+                raise TrainingDiverged(
+                    f"loss became {loss_value} at step {step}; training stopped and the last good checkpoint "
+                    f"({_checkpoint_or_none(keeper)}) is kept; lower optimizer.learning_rate or set "
+                    "train.grad_clip_norm")
+            if step % log_every == 0 or step == num_steps:
+                elapsed = time.time() - t_last
+                ex_per_sec = steps_since * global_batch / max(elapsed, 1e-9)
+                lr = float(optimizer.learning_rate.numpy())
+                scalars = {"loss": loss_value, "learning_rate": lr, "examples_per_sec": ex_per_sec}
+                scalars.update({k: float(v) for k, v in metrics.items()})
+                _write_scalars(writer, step, scalars)
+                extra = " ".join(f"{k}={float(v):.4g}" for k, v in metrics.items() if k != "grad_norm")
+                log(f"step {step}/{num_steps} loss={loss_value:.4f} lr={lr:.3g} {extra} "
+                    f"examples/sec={ex_per_sec:.1f}".replace("  ", " "))
+                t_last, steps_since = time.time(), 0
+            if float(stop) > 0:
+                # Every worker saw the same flag (all-reduced), so all of them save together.
+                path = keeper.save(step)
+                raise TrainingInterrupted(
+                    f"SIGTERM at step {step}/{num_steps}: saved checkpoint {path if chief else keeper.latest}; "
+                    "rerun the same command to resume from it")
+            if ckpt_every and step % ckpt_every == 0:
+                keeper.save(step)
+                last_saved = step
+            if eval_every and step % eval_every == 0 and step < num_steps:
+                results = evaluate_and_log(task, model, config.data.eval_pattern, eval_writer, step, log)
+                if plateau.update(results):
+                    log(f"no improvement of {plateau.monitor} for {plateau.patience} evaluations: "
+                        f"learning rate scale now {float(plateau.scale.numpy()):.3g}")
     if last_saved != step:
         keeper.save(step)
     results = evaluate_and_log(task, model, config.data.eval_pattern, eval_writer, step, log)
@@ -205,16 +259,12 @@ def restore_model(config, workdir):
     keeper = checkpoints.CheckpointKeeper(workdir, chief=True, model=model)
     path = keeper.latest
     if path is None:
-        from vt_keras.errors import CheckpointError
-
         raise CheckpointError(f"--workdir={workdir} has no checkpoint in {checkpoints.CHECKPOINT_DIR}/; "
                               "expected the workdir of a `train` run")
     status = keeper.checkpoint.restore(path)
     try:
         status.assert_existing_objects_matched()
     except AssertionError as e:
-        from vt_keras.errors import CheckpointError
-
         raise CheckpointError(f"checkpoint {path} does not fit the model of {workdir}/config.json ({e})") from e
     status.expect_partial()
     return task, model

@@ -99,6 +99,14 @@ def is_chief(strategy):
     return (not has_chief) and task_type == "worker" and task_id == 0
 
 
+def is_multi_worker(strategy):
+    """True for a `MultiWorkerMirroredStrategy` over a cluster of two or more tasks."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None:
+        return False
+    return sum(len(v) for v in resolver.cluster_spec().as_dict().values()) > 1
+
+
 def worker_id(strategy):
     resolver = getattr(strategy, "cluster_resolver", None)
     if resolver is None or resolver.task_id is None:
