@@ -1,0 +1,36 @@
+"""`bin/train`'s own mistakes (not its config's or data's): one line on stderr, exit status 2."""
+import os
+import subprocess
+import sys
+
+from tests.conftest import REPO_ROOT
+
+ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+
+
+def run_train(*args):
+    return subprocess.run([sys.executable, os.path.join(REPO_ROOT, "bin", "train"), *args], capture_output=True,
+                          text=True, env=ENV, timeout=300)
+
+
+def one_error_line(proc):
+    assert proc.returncode == 2, (proc.stdout[-2000:], proc.stderr[-2000:])
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, proc.stderr[-2000:]
+    return errors[0]
+
+
+def test_a_workdir_that_is_a_file_is_one_line(tmp_path):
+    not_a_dir = tmp_path / "notes.txt"
+    not_a_dir.write_text("keep me\n")
+    line = one_error_line(run_train(f"--workdir={not_a_dir}"))
+    assert f"--workdir={not_a_dir} is a file" in line and "expected a directory" in line
+    assert not_a_dir.read_text() == "keep me\n"
+
+
+def test_skip_corrupt_records_on_a_config_without_record_files_is_one_line(tmp_path):
+    line = one_error_line(run_train("--config=configs/cka_synthetic.py", f"--workdir={tmp_path / 'w'}",
+                                    "--skip_corrupt_records"))
+    assert "--skip_corrupt_records" in line and "reads no record files" in line
+    assert not (tmp_path / "w").exists()
