@@ -53,6 +53,11 @@ def get_config(method=None):
     # true: TensorFlow's op determinism, so two runs of one command (or a run killed and resumed)
     # end with the same weights; some kernels run slower.
     c.train.deterministic = False
+    # float32 | mixed_bfloat16 | mixed_float16 (dynamic loss scaling): the model computes in the
+    # half type; variables, softmaxes, norms and losses stay float32.
+    c.train.precision = "float32"
+    c.train.jit_compile = False  # XLA for the forward and backward pass
+    c.train.steps_per_loop = 1  # training steps per host round trip (logs and checks every N steps)
     c.train.grad_clip_norm = 0.0
     # CKA-only warm-up of cos_cka (paper: "a few steps"): one epoch. cos_only has no
     # CKA term and ignores it; cka_only has no cosine term.

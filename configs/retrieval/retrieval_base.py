@@ -61,6 +61,11 @@ def get_base_config(loss="info_nce"):
     # true: TensorFlow's op determinism, so two runs of one command (or a run killed and resumed)
     # end with the same weights; some kernels run slower.
     c.train.deterministic = False
+    # float32 | mixed_bfloat16 | mixed_float16 (dynamic loss scaling): the model computes in the
+    # half type; variables, softmaxes, norms and losses stay float32.
+    c.train.precision = "float32"
+    c.train.jit_compile = False  # XLA for the forward and backward pass
+    c.train.steps_per_loop = 1  # training steps per host round trip (logs and checks every N steps)
 
     c.optimizer = ml_collections.ConfigDict()
     c.optimizer.name = "adam"  # adam | adamw | radam | sgd

@@ -58,3 +58,21 @@ def _bad_from_step_3(value):
 
 NanAtStep3 = _bad_from_step_3(np.nan)
 InfAtStep3 = _bad_from_step_3(np.inf)
+
+
+@TASKS.register("test_overflow_at_step_0")
+class OverflowAtStep0(OrderedYT8M):
+    """The first step's loss is multiplied by 1e35: times a float16 loss scale of 2^15 it overflows."""
+
+    def loss_fn(self, model, batch, ctx):
+        loss, metrics = super().loss_fn(model, batch, ctx)
+        return tf.where(ctx.step == 0, loss * 1e35, loss), metrics
+
+
+@TASKS.register("test_not_xla_compilable")
+class NotXlaCompilable(OrderedYT8M):
+    """Its loss passes through a Python function, which XLA cannot compile."""
+
+    def loss_fn(self, model, batch, ctx):
+        loss, metrics = super().loss_fn(model, batch, ctx)
+        return tf.py_function(lambda x: x, [loss], tf.float32), metrics

@@ -21,11 +21,10 @@ import keras
 import tensorflow as tf
 from absl import logging
 
-from vt_keras import distributed
 from vt_keras.errors import CheckpointError, ConfigError, TrainingDiverged, TrainingInterrupted
-from vt_keras.train import checkpoints, preemption, strategy as strategy_lib
+from vt_keras.train import checkpoints, preemption, step as step_lib, strategy as strategy_lib
 from vt_keras.train.schedules import LearningRate, ReduceOnPlateau, build_optimizer
-from vt_keras.train.task import TASKS, StepContext
+from vt_keras.train.task import TASKS
 
 METRICS_FILE = "metrics.json"
 
@@ -34,45 +33,6 @@ def build_task(config):
     import vt_keras.tasks  # noqa: F401  (registers the tasks)
 
     return TASKS.get(config.task, key="task")(config)
-
-
-def _make_replica_step(task, model, optimizer, global_batch_size, num_replicas, clip_norm, warmup_steps=0):
-    variables = model.trainable_variables
-
-    def replica_step(batch, stop_requested):
-        main_weight = 1.0
-        if warmup_steps:
-            main_weight = tf.cast(optimizer.iterations >= warmup_steps, tf.float32)
-        ctx = StepContext(global_batch_size=global_batch_size, num_replicas=num_replicas,
-                          gather=distributed.replica_gather, step=optimizer.iterations,
-                          main_weight=main_weight)
-        with tf.GradientTape() as tape:
-            loss, metrics = task.loss_fn(model, batch, ctx)
-            extra = [tf.cast(x, tf.float32) for x in model.losses]
-            if extra:
-                # add_loss terms (e.g. CKAAlignment) are global scalars.
-                loss = loss + tf.add_n(extra) / float(num_replicas)
-        grads = tape.gradient(loss, variables)
-        pairs = [(g, v) for g, v in zip(grads, variables) if g is not None]
-        grads = [g for g, _ in pairs]
-        rctx = tf.distribute.get_replica_context()
-        metrics = dict(metrics)
-        if clip_norm:
-            # Clip the *summed* gradient: sum over replicas first, then hand each
-            # replica 1/N of it, since the optimizer sums over replicas again.
-            if num_replicas > 1:
-                grads = rctx.all_reduce(tf.distribute.ReduceOp.SUM, grads)
-            grads, grad_norm = tf.clip_by_global_norm(grads, clip_norm)
-            grads = [g / float(num_replicas) for g in grads]
-            # The global norm of the whole step's gradient, before clipping.
-            metrics["grad_norm"] = grad_norm
-        optimizer.apply_gradients(zip(grads, [v for _, v in pairs]))
-        # A SIGTERM on any worker stops all of them after the same step.
-        # (identity: a copy on this replica's device; all_reduce sends results to the input's device.)
-        stop = rctx.all_reduce(tf.distribute.ReduceOp.SUM, tf.identity(stop_requested))
-        return loss, metrics, stop
-
-    return replica_step
 
 
 def _write_scalars(writer, step, scalars):
@@ -144,16 +104,19 @@ def train(config, workdir, strategy=None, log=print, task=None):
         patience=config.optimizer.get("plateau_patience", 0),
         factor=config.optimizer.get("plateau_factor", 0.1),
     )
-    with strategy.scope():
+    precision = step_lib.check_precision(tcfg.get("precision", "float32"))
+    with step_lib.dtype_policy(precision), strategy.scope():
         model = task.build_model()
-        optimizer = build_optimizer(config.optimizer)
+        optimizer = step_lib.wrap_optimizer(build_optimizer(config.optimizer), precision)
         optimizer.build(model.trainable_variables)
         task.warm_start(model)
+    # Steps taken, skipped float16 steps included (the optimizer counts applied updates only).
+    step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
     keeper = checkpoints.CheckpointKeeper(
         workdir, chief=chief, max_to_keep=tcfg.get("keep_checkpoints", 3),
-        model=model, optimizer=optimizer, **plateau.trackables(), **task.trackables())
+        model=model, optimizer=optimizer, step=step_var, **plateau.trackables(), **task.trackables())
     restored = keeper.restore()
-    start_step = int(optimizer.iterations.numpy())
+    start_step = int(step_var.numpy())
     if restored:
         log(f"resumed from {restored} at step {start_step}")
 
@@ -164,21 +127,17 @@ def train(config, workdir, strategy=None, log=print, task=None):
         per_step = input_context.num_replicas_in_sync // input_context.num_input_pipelines
         return ds.skip(start_step * per_step) if start_step else ds
 
-    dist_ds = strategy.distribute_datasets_from_function(dataset_fn)
-    iterator = iter(dist_ds)
+    iterator = iter(strategy.distribute_datasets_from_function(dataset_fn))
+    jit_compile = bool(tcfg.get("jit_compile", False))
+    replica_step = step_lib.make_replica_step(
+        task, model, optimizer, step_var, global_batch_size=global_batch, num_replicas=num_replicas,
+        clip_norm=tcfg.get("grad_clip_norm", 0.0), warmup_steps=int(tcfg.get("cka_warmup_steps", 0)),
+        jit_compile=jit_compile)
 
-    replica_step = _make_replica_step(task, model, optimizer, global_batch, num_replicas,
-                                      tcfg.get("grad_clip_norm", 0.0), int(tcfg.get("cka_warmup_steps", 0)))
+    def set_learning_rate():
+        optimizer.learning_rate.assign(schedule(step_var) * plateau.scale)
 
-    @tf.function
-    def train_step(it, stop_requested):
-        optimizer.learning_rate.assign(schedule(optimizer.iterations) * plateau.scale)
-        loss, metrics, stop = strategy.run(replica_step, args=(next(it), stop_requested))
-        loss = strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None)
-        metrics = {k: strategy.reduce(tf.distribute.ReduceOp.MEAN, v, axis=None) for k, v in metrics.items()}
-        # Every replica holds the cluster-wide count already (all-reduced in the step).
-        stop = strategy.experimental_local_results(stop)[0]
-        return loss, metrics, stop
+    train_loop = step_lib.make_train_loop(strategy, replica_step, step_var, set_learning_rate)
 
     writer = tf.summary.create_file_writer(os.path.join(workdir, "train")) if chief else None
     eval_writer = tf.summary.create_file_writer(os.path.join(workdir, "eval")) if chief else None
@@ -186,18 +145,26 @@ def train(config, workdir, strategy=None, log=print, task=None):
     log_every = max(int(tcfg.get("log_every", 50)), 1)
     ckpt_every = int(tcfg.checkpoint_every)
     eval_every = int(tcfg.get("eval_every", 0))
+    steps_per_loop = int(tcfg.get("steps_per_loop", 1))
+    if steps_per_loop < 1:
+        raise ConfigError(f"train.steps_per_loop={steps_per_loop}: expected >= 1 (steps per host round trip)")
     last_saved = start_step if restored else -1
     step = start_step
     t_last, steps_since = time.time(), 0
     log(f"training {config.task} to step {num_steps} on {num_replicas} replica(s), "
-        f"global batch {global_batch}, workdir {workdir}")
+        f"global batch {global_batch}, {precision}{', XLA' if jit_compile else ''}, workdir {workdir}")
     multi_worker = strategy_lib.is_multi_worker(strategy)
     with preemption.SigtermFlag() as sigterm:
         while step < num_steps:
+            # A loop ends at the next step that logs, saves or evaluates, so those
+            # happen at the same steps whatever steps_per_loop is.
+            n = min(steps_per_loop, num_steps - step, *(every - step % every for every in
+                                                         (log_every, ckpt_every, eval_every) if every))
             try:
                 # A bad record becomes one DataError line (the task knows its records' hints).
                 with task.error_context():
-                    loss, metrics, stop = train_step(iterator, tf.constant(float(sigterm.raised), tf.float32))
+                    loss, metrics, stop, finite = train_loop(
+                        iterator, tf.constant(n, tf.int64), tf.constant(float(sigterm.raised), tf.float32))
             except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.AbortedError,
                     tf.errors.CancelledError, tf.errors.InternalError) as e:
                 if not multi_worker:
@@ -205,17 +172,25 @@ def train(config, workdir, strategy=None, log=print, task=None):
                 lost = sorted(set(re.findall(r"/job:\w+/replica:\d+/task:\d+", str(e)))) or ["unknown"]
                 raise TrainingInterrupted(
                     f"a worker of the cluster stopped responding during step {step + 1} ({', '.join(lost)}: "
-                    f"{type(e).__name__}); the last "
-                    f"checkpoint is {_checkpoint_or_none(keeper)}: restart every worker with the same command to "
-                    "resume from it") from None
-            step += 1
-            steps_since += 1
+                    f"{type(e).__name__}); the last checkpoint is {_checkpoint_or_none(keeper)}: restart every "
+                    "worker with the same command to resume from it") from None
+            except tf.errors.InvalidArgumentError as e:
+                unsupported = step_lib.unsupported_by_xla(e) if jit_compile else None
+                if unsupported is None:
+                    raise
+                raise ConfigError(
+                    f"train.jit_compile=true: XLA cannot compile the {', '.join(unsupported)} op(s) of this "
+                    f"{config.task} model's step on {strategy.extended.worker_devices[0]}; set "
+                    "--config.train.jit_compile=false") from None
+            step += n
+            steps_since += n
             loss_value = float(loss)
-            if not math.isfinite(loss_value):
+            if not bool(finite) or not math.isfinite(loss_value):
+                when = (f"loss became {loss_value} at step {step}" if not math.isfinite(loss_value) else
+                        f"loss became nan or inf in steps {step - n + 1}..{step}")
                 raise TrainingDiverged(
-                    f"loss became {loss_value} at step {step}; training stopped and the last good checkpoint "
-                    f"({_checkpoint_or_none(keeper)}) is kept; lower optimizer.learning_rate or set "
-                    "train.grad_clip_norm")
+                    f"{when}; training stopped and the last good checkpoint ({_checkpoint_or_none(keeper)}) is "
+                    "kept; lower optimizer.learning_rate or set train.grad_clip_norm")
             if step % log_every == 0 or step == num_steps:
                 elapsed = time.time() - t_last
                 ex_per_sec = steps_since * global_batch / max(elapsed, 1e-9)
@@ -223,7 +198,7 @@ def train(config, workdir, strategy=None, log=print, task=None):
                 scalars = {"loss": loss_value, "learning_rate": lr, "examples_per_sec": ex_per_sec}
                 scalars.update({k: float(v) for k, v in metrics.items()})
                 _write_scalars(writer, step, scalars)
-                extra = " ".join(f"{k}={float(v):.4g}" for k, v in metrics.items() if k != "grad_norm")
+                extra = " ".join(f"{k}={float(v):.4g}" for k, v in metrics.items())
                 log(f"step {step}/{num_steps} loss={loss_value:.4f} lr={lr:.3g} {extra} "
                     f"examples/sec={ex_per_sec:.1f}".replace("  ", " "))
                 t_last, steps_since = time.time(), 0
