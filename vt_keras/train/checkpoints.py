@@ -101,12 +101,51 @@ def track_variables(model):
     return model
 
 
+def restore_verified(path, what, hint, **trackables):
+    """Restores `trackables` from the checkpoint `path`, or raises one `CheckpointError` line.
+
+    Every variable of `trackables` must be in the checkpoint (a checkpoint
+    of another model is refused, never half-loaded); checkpoint values that
+    nothing here asks for (an optimizer's slots when only the model is
+    restored) are fine.
+
+    Args:
+        path: a checkpoint prefix (`.../checkpoints/ckpt-1000`).
+        what: what the checkpoint should fit, for the message (e.g.
+            "the model of runs/nv/config.json").
+        hint: what the user can do, for the message.
+        **trackables: the objects to restore, by checkpoint key.
+
+    Returns:
+        `path`.
+    """
+    try:
+        status = tf.train.Checkpoint(**trackables).restore(path)
+        status.assert_existing_objects_matched()
+    except (ValueError, AssertionError, tf.errors.InvalidArgumentError, tf.errors.NotFoundError) as e:
+        first = str(e).strip().splitlines()[0][:300]
+        raise CheckpointError(f"checkpoint {path} does not fit {what} ({first}); {hint}") from e
+    status.expect_partial()
+    return path
+
+
+def latest_checkpoint(workdir, what):
+    """The newest checkpoint of a workdir, or one `CheckpointError` line naming `what` was expected."""
+    if not tf.io.gfile.isdir(workdir):
+        raise CheckpointError(f"{workdir}: no such directory; expected {what}")
+    path = tf.train.latest_checkpoint(os.path.join(workdir, CHECKPOINT_DIR))
+    if path is None:
+        raise CheckpointError(f"{workdir} has no checkpoint in {CHECKPOINT_DIR}/; expected {what}")
+    return path
+
+
 class CheckpointKeeper:
     """Saves and restores the training state of one run."""
 
     def __init__(self, workdir, chief=True, max_to_keep=3, **trackables):
         self.workdir = workdir
         self.chief = chief
+        self._trackables = trackables
         self.checkpoint = tf.train.Checkpoint(**trackables)
         directory = os.path.join(workdir, CHECKPOINT_DIR)
         self._scratch = None
@@ -126,16 +165,8 @@ class CheckpointKeeper:
         path = self.latest
         if path is None:
             return None
-        try:
-            status = self.checkpoint.restore(path)
-            status.assert_existing_objects_matched()
-        except (ValueError, AssertionError, tf.errors.InvalidArgumentError) as e:
-            first = str(e).strip().splitlines()[0][:300]
-            raise CheckpointError(
-                f"checkpoint {path} does not fit the model being built ({first}); "
-                "use a new --workdir or the config that wrote it"
-            ) from e
-        return path
+        return restore_verified(path, "the model being built", "use a new --workdir or the config that wrote it",
+                                **self._trackables)
 
     def save(self, step):
         path = self.manager.save(checkpoint_number=int(step))

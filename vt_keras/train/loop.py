@@ -231,15 +231,7 @@ def restore_model(config, workdir):
     """Builds the task's model and loads the latest checkpoint of `workdir` into it."""
     task = build_task(config)
     model = task.build_model()
-    keeper = checkpoints.CheckpointKeeper(workdir, chief=True, model=model)
-    path = keeper.latest
-    if path is None:
-        raise CheckpointError(f"--workdir={workdir} has no checkpoint in {checkpoints.CHECKPOINT_DIR}/; "
-                              "expected the workdir of a `train` run")
-    status = keeper.checkpoint.restore(path)
-    try:
-        status.assert_existing_objects_matched()
-    except AssertionError as e:
-        raise CheckpointError(f"checkpoint {path} does not fit the model of {workdir}/config.json ({e})") from e
-    status.expect_partial()
+    path = checkpoints.latest_checkpoint(workdir, "the workdir of a `train` run")
+    checkpoints.restore_verified(path, f"the model of {workdir}/{checkpoints.CONFIG_FILE}",
+                                 "was the workdir trained by another version of the config?", model=model)
     return task, model
