@@ -9,16 +9,19 @@ The sweep trains every method into `<workdir>/<method>`, writes
 """
 import ml_collections
 
-METHODS = ("cos_only", "cka_only", "cos_cka")
+from vt_keras.cli.common import parse_config_arg
+
+METHODS = ("cos_cka", "cos_only", "cka_only")  # the paper's three; the first is a single run's default
 
 
-def get_config(method=None):
+def get_config(arg=None):
     c = ml_collections.ConfigDict()
     c.task = "cka_synthetic"
     c.seed = 0  # model initialisation and shuffling; the data has its own data.seed
-    c.method = method or "cos_cka"  # cos_only | cka_only | cos_cka (paper's three methods)
-    # With a method after the file name (configs/cka_synthetic.py:cos_only) only that one runs.
-    c.sweep = None if method else ml_collections.ConfigDict({"key": "method", "values": METHODS})
+    # With a method after the file name (configs/cka_synthetic.py:cos_only) only that one runs;
+    # without, the sweep trains all three.
+    c.method = parse_config_arg(arg, __file__, method=METHODS)["method"]
+    c.sweep = None if arg else ml_collections.ConfigDict({"key": "method", "values": METHODS})
 
     c.data = ml_collections.ConfigDict()
     c.data.num_train = 10000  # paper: 10,000 pairs
@@ -31,7 +34,7 @@ def get_config(method=None):
     c.data.seed = 0  # the distributions, the A → B map and every sample
     c.data.eval_pattern = "heldout"  # the pairs are generated in memory; nothing else to name
 
-    c.model = ml_collections.ConfigDict()
+    c.model = ml_collections.ConfigDict()  # build_encoders(data.dim, **model)
     c.model.hidden_units = (32, 32, 32)  # paper: three layers of 32, each followed by ReLU and batch norm
     # Keras' default 0.99 averages the statistics over ~100 steps (5 epochs here), so early
     # evaluations would see stale ones; 0.9 is PyTorch's default (its momentum=0.1).
