@@ -9,6 +9,9 @@ import os
 import re
 import sys
 
+from absl import app, flags
+from ml_collections import config_flags
+
 from vt_keras.errors import ConfigError, UserError
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -163,8 +166,6 @@ def check_config_overrides(argv, default_config):
 
 def run(main, define_flags, default_config=None):
     """Defines the flags, parses argv and runs `main(argv)` with the error rules above."""
-    from absl import app, flags
-
     try:
         if default_config is not None or any(a.startswith("--config") for a in sys.argv[1:]):
             check_config_overrides(sys.argv, default_config)
@@ -201,8 +202,6 @@ def _help_for_main(main):
     are taken from the `vt_keras.cli` module that defines `main` (and the
     config flags that this module defines for it).
     """
-    from absl import flags
-
     module = sys.modules.get(getattr(main, "__module__", ""), None)
     if module is not None and module.__doc__:
         sys.modules["__main__"].__doc__ = module.__doc__
@@ -213,8 +212,6 @@ def _help_for_main(main):
 
 def config_flag(name="config", default=None, help_text="Config file (a .py with get_config()); "
                 "override keys as --config.train.batch_size=64."):
-    from ml_collections import config_flags
-
     if default is not None:
         default = resolve_config_path(default)
     return config_flags.DEFINE_config_file(name, default, help_text, lock_config=True)
