@@ -12,6 +12,7 @@ its score and the captions stored with it.
 """
 import sys
 
+import numpy as np
 from absl import flags
 
 from vt_keras.cli import common
@@ -71,7 +72,6 @@ def search(export_dir, pattern, query, top_k=5, batch_size=256, clip_encoding="a
 
     Also returns the number of videos searched: `(results, num_videos)`.
     """
-    import numpy as np
     import tensorflow as tf  # see load_export
 
     from vt_keras.data.video_text import data_errors, video_text_dataset
