@@ -16,7 +16,7 @@ import pytest
 
 from tests.conftest import REPO_ROOT
 from tests.yt8m_fixtures import classifier_variants, variant_config_file
-from vt_keras.cli.common import load_config_file
+from vt_keras.cli.common import check_config_overrides, load_config_file
 from vt_keras.errors import ConfigError
 from vt_keras.layers.alignment import CKAAlignment
 from vt_keras.layers.correlation_tower import CorrelationTower
@@ -191,3 +191,25 @@ def test_bad_arguments_after_the_colon_name_the_choices():
     with pytest.raises(ConfigError, match=r"'late' has no '='"):
         load_config_file("configs/yt8m/classifier.py:netvlad,late")
     assert load_config_file("configs/yt8m/classifier.py:netvlad").model.aggregator == "netvlad"
+
+
+def documented_train_commands():
+    """Every `bin/train` command of README.md and docs/*.md, continuation lines joined."""
+    commands = []
+    for path in [os.path.join(REPO_ROOT, "README.md")] + sorted(glob.glob(os.path.join(REPO_ROOT, "docs", "*.md"))):
+        with open(path) as f:
+            text = f.read().replace("\\\n", " ")
+        for line in text.splitlines():
+            for part in line.split("`"):
+                if "bin/train" in part and "$" not in part:  # shell loops vary the config: not checked here
+                    commands.append((os.path.basename(path), part[part.index("bin/train"):].split("#")[0].split()))
+    return commands
+
+
+def test_documented_train_commands_name_existing_configs_and_keys():
+    commands = documented_train_commands()
+    assert len(commands) > 20
+    for where, argv in commands:
+        # What bin/train checks before anything else: the config file, its :arg, every override key.
+        check_config_overrides(argv, "configs/yt8m/late_fusion.py")
+        assert where and argv[0] == "bin/train"
