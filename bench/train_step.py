@@ -4,9 +4,11 @@ One step is the forward pass, the loss (the task's multi-label cross-entropy),
 the backward pass and Adam's update, under one `tf.function`, on an in-memory
 batch of the real shapes: rgb 1024 + audio 128 per frame, `--frames` frames
 (100, the default data's maximum; 300 for YouTube-8M), 88 classes, a random
-number of valid frames per video. Every config of configs/yt8m/ is measured
-(model sizes as in the config files); the cm_* variants carry their frozen,
-here untrained, correlation tower. The variants are compiled first and then
+number of valid frames per video. Measured: the default config
+(configs/yt8m/late_fusion.py) and every variant `<aggregator>_<fusion>` of
+configs/yt8m/classifier.py with a learned aggregator (model sizes as in the
+config file); the cm_* variants carry their frozen, here untrained,
+correlation tower. The variants are compiled first and then
 timed round-robin (`--rounds` × `--steps`), so that a change of machine load
 affects all of them alike. Reports examples/s and, for each
 cross-modal variant, its step time as a ratio to the late-fusion baseline of
@@ -15,9 +17,9 @@ the same aggregator.
     python bench/train_step.py                      # T = 100, batch 64
     python bench/train_step.py --frames 300 --json train_step_300.json
     python bench/train_step.py --configs netvlad_late,netvlad_cm_concat --steps 10
+    python bench/train_step.py --configs pool_early,pool_late
 """
 import argparse
-import glob
 import json
 import os
 import platform
@@ -30,11 +32,23 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 FEATURES = (("rgb", 1024), ("audio", 128))
+DEFAULT_CONFIG = "late_fusion"
 
 
 def config_names():
-    names = [os.path.splitext(os.path.basename(p))[0] for p in glob.glob(os.path.join(REPO, "configs/yt8m/*.py"))]
-    return sorted(n for n in names if n not in ("yt8m_base", "correlation_tower"))
+    """The default config, then every classifier variant with a learned aggregator."""
+    from vt_keras.cli.common import load_config_module
+
+    module = load_config_module(os.path.join(REPO, "configs/yt8m/classifier.py"))
+    return [DEFAULT_CONFIG] + [f"{a}_{f}" for a in module.AGGREGATORS if a != "pool" for f in module.FUSIONS]
+
+
+def config_file(name):
+    """`late_fusion` is the default config's file; `<aggregator>_<fusion>` a variant of classifier.py."""
+    if name == DEFAULT_CONFIG:
+        return os.path.join(REPO, "configs/yt8m/late_fusion.py")
+    aggregator, _, fusion = name.partition("_")
+    return os.path.join(REPO, "configs/yt8m/classifier.py") + f":aggregator={aggregator},fusion={fusion}"
 
 
 def make_batch(batch_size, frames, num_classes, seed=0):
@@ -58,7 +72,7 @@ def build_step(name, batch_size, frames, num_classes):
     from vt_keras.models.video_classifier import build_video_classifier
     from vt_keras.tasks.yt8m import multilabel_cross_entropy
 
-    config = load_config_file(os.path.join(REPO, "configs/yt8m", name + ".py"))
+    config = load_config_file(config_file(name))
     model = build_video_classifier(config.model, FEATURES, num_classes, frames)
     optimizer = keras.optimizers.Adam(1e-3)
     optimizer.build(model.trainable_variables)

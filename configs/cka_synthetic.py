@@ -9,16 +9,21 @@ The sweep trains every method into `<workdir>/<method>`, writes
 """
 import ml_collections
 
-METHODS = ("cos_only", "cka_only", "cos_cka")
+from vt_keras.cli.common import load_config_module, parse_config_arg
+
+trainer = load_config_module("trainer.py", beside=__file__)
+
+METHODS = ("cos_cka", "cos_only", "cka_only")  # the paper's three; the first is a single run's default
 
 
-def get_config(method=None):
+def get_config(arg=None):
     c = ml_collections.ConfigDict()
     c.task = "cka_synthetic"
     c.seed = 0  # model initialisation and shuffling; the data has its own data.seed
-    c.method = method or "cos_cka"  # cos_only | cka_only | cos_cka (paper's three methods)
-    # With a method after the file name (configs/cka_synthetic.py:cos_only) only that one runs.
-    c.sweep = None if method else ml_collections.ConfigDict({"key": "method", "values": METHODS})
+    # With a method after the file name (configs/cka_synthetic.py:cos_only) only that one runs;
+    # without, the sweep trains all three.
+    c.method = parse_config_arg(arg, __file__, method=METHODS)["method"]
+    c.sweep = None if arg else ml_collections.ConfigDict({"key": "method", "values": METHODS})
 
     c.data = ml_collections.ConfigDict()
     c.data.num_train = 10000  # paper: 10,000 pairs
@@ -31,7 +36,7 @@ def get_config(method=None):
     c.data.seed = 0  # the distributions, the A → B map and every sample
     c.data.eval_pattern = "heldout"  # the pairs are generated in memory; nothing else to name
 
-    c.model = ml_collections.ConfigDict()
+    c.model = ml_collections.ConfigDict()  # build_encoders(data.dim, **model)
     c.model.hidden_units = (32, 32, 32)  # paper: three layers of 32, each followed by ReLU and batch norm
     # Keras' default 0.99 averages the statistics over ~100 steps (5 epochs here), so early
     # evaluations would see stale ones; 0.9 is PyTorch's default (its momentum=0.1).
@@ -43,34 +48,21 @@ def get_config(method=None):
     c.loss = ml_collections.ConfigDict()
     c.loss.cka_weight = 0.1  # paper: λ = 0.1 (cos_cka only)
 
-    c.train = ml_collections.ConfigDict()
-    c.train.batch_size = 512  # paper: 512
-    c.train.num_steps = 1000  # ~50 epochs of 10,000 pairs; every method has levelled off by then
-    c.train.log_every = 100
-    c.train.eval_every = 20  # one point of the curves per epoch (~19.5 steps)
-    c.train.checkpoint_every = 1000
-    c.train.keep_checkpoints = 1
-    # true: TensorFlow's op determinism, so two runs of one command (or a run killed and resumed)
-    # end with the same weights; some kernels run slower.
-    c.train.deterministic = False
-    # float32 | mixed_bfloat16 | mixed_float16 (dynamic loss scaling): the model computes in the
-    # half type; variables, softmaxes, norms and losses stay float32.
-    c.train.precision = "float32"
-    c.train.jit_compile = False  # XLA for the forward and backward pass
-    c.train.steps_per_loop = 1  # training steps per host round trip (logs and checks every N steps)
-    c.train.grad_clip_norm = 0.0
-    # CKA-only warm-up of cos_cka (paper: "a few steps"): one epoch. cos_only has no
-    # CKA term and ignores it; cka_only has no cosine term.
-    c.train.cka_warmup_steps = 20
-
-    c.optimizer = ml_collections.ConfigDict()
-    c.optimizer.name = "adam"  # paper: Adam
-    c.optimizer.learning_rate = 1e-3  # paper: 0.001
-    c.optimizer.beta_1 = 0.9  # paper
-    c.optimizer.beta_2 = 0.999  # paper
-    c.optimizer.epsilon = 1e-8  # PyTorch's default (Keras': 1e-7)
-    c.optimizer.decay = "constant"  # the paper mentions no schedule
-    c.optimizer.warmup_steps = 0
+    c.train = trainer.train_config(
+        batch_size=512,  # paper: 512
+        num_steps=1000,  # ~50 epochs of 10,000 pairs; every method has levelled off by then
+        log_every=100,
+        eval_every=20,  # one point of the curves per epoch (~19.5 steps)
+        checkpoint_every=1000,
+        keep_checkpoints=1,
+        # CKA-only warm-up of cos_cka (paper: "a few steps"): one epoch. cos_only has no
+        # CKA term and ignores it; cka_only has no cosine term.
+        cka_warmup_steps=20)
+    c.optimizer = trainer.optimizer_config(
+        name="adam", learning_rate=1e-3,  # paper: Adam, 0.001
+        beta_1=0.9, beta_2=0.999,  # paper
+        epsilon=1e-8,  # PyTorch's default (Keras': 1e-7)
+        decay="constant")  # the paper mentions no schedule
 
     c.eval = ml_collections.ConfigDict()
     c.eval.batch_size = 4096  # rows per inference call when embedding the pairs

@@ -1,69 +1,61 @@
-"""Video–text retrieval with CrossCLR (Zolfaghari et al., ICCV 2021): the supplement's presets.
+r"""Video–text retrieval with CrossCLR (Zolfaghari et al., ICCV 2021): the supplement's presets.
 
     bin/train --config=configs/retrieval/crossclr.py --workdir=workdirs/crossclr            # youcook2
     bin/train --config=configs/retrieval/crossclr.py:lsmdc --workdir=workdirs/crossclr_lsmdc
     bin/train --config=configs/retrieval/crossclr.py:youcook2_mp ...   # with multiple positives
 
-Presets: `youcook2` (default), `lsmdc`, and `youcook2_mp` / `lsmdc_mp` that add
-the multiple positives of the supplement's Section 3.1. Loss, optimizer and
-dropout values are the supplement's (Table 1, marked "paper"); the model and
-the run are sized for the embedded synthetic data on two CPU cores (a few
-minutes), so the paper's attention width (768 / 384) is noted, not used.
-The objective is `L_local + 0.6 · L_global` on clips/captions and on
-videos/paragraphs (see vt_keras/tasks/retrieval_crossclr.py and docs/crossclr.md).
+Presets (`preset=` after the colon, or the bare name): `youcook2` (default),
+`lsmdc`, and `youcook2_mp` / `lsmdc_mp` that add the multiple positives of the
+supplement's Section 3.1. The loss values come from
+`vt_keras.losses.crossclr.PRESETS` (the supplement's Table 1); the attention
+heads and dropout of the same table are below. The model and the run are
+sized for the embedded synthetic data on two CPU cores (a few minutes), so
+the paper's attention width (768 / 384) is noted, not used. The objective is
+`L_local + 0.6 · L_global` on clips/captions and on videos/paragraphs (see
+vt_keras/tasks/retrieval_crossclr.py and docs/crossclr.md). Everything not
+set here is configs/retrieval/info_nce.py's.
 """
-import os
-import sys
+from vt_keras.cli.common import load_config_module, parse_config_arg
+from vt_keras.losses.crossclr import PRESETS
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from retrieval_base import get_base_config  # noqa: E402
-
-# Table 1 of the supplement; queue sizes apply to the local (clip/sentence) loss only.
-PRESETS = {
-    "youcook2": dict(weight_temperature=35e-4, intra_weight=0.8, queue_size=5000, num_heads=8,
-                     dropout=0.05),
-    "lsmdc": dict(weight_temperature=55e-4, intra_weight=0.65, queue_size=3000, num_heads=16,
-                  dropout=0.01),
-}
-# Section 3.1 of the supplement: K positives among the influential samples, weight β.
-MULTI_POSITIVES = {"youcook2": dict(num_positives=2, positive_weight=0.15),
-                   "lsmdc": dict(num_positives=5, positive_weight=0.2)}
+PRESET_NAMES = ("youcook2", "lsmdc", "youcook2_mp", "lsmdc_mp")
+# The model values of the supplement's Table 1 (its loss values are PRESETS').
+MODEL_PRESETS = {"youcook2": dict(num_heads=8, dropout=0.05), "lsmdc": dict(num_heads=16, dropout=0.01)}
 
 
-def get_config(preset="youcook2"):
-    preset = preset or "youcook2"
-    name = preset[:-3] if preset.endswith("_mp") else preset
-    if name not in PRESETS:
-        from vt_keras.errors import ConfigError
-
-        choices = sorted(PRESETS) + [p + "_mp" for p in sorted(PRESETS)]
-        raise ConfigError(f"configs/retrieval/crossclr.py:{preset}: unknown preset; expected one of {choices}")
-    p = PRESETS[name]
-    c = get_base_config(loss="crossclr")
+def get_config(arg=None):
+    preset = parse_config_arg(arg, __file__, preset=PRESET_NAMES)["preset"]
+    dataset = preset.removesuffix("_mp")
+    c = load_config_module("info_nce.py", beside=__file__).get_config()
     c.preset = preset  # which column of the supplement's Table 1
 
     # The records' per-video expert features: the global loss's raw inputs for proximity.
     c.data.expert_features = ("video_mean", "text_bow")
 
-    c.model.num_heads = p["num_heads"]  # paper: local attention heads (must divide embedding_dim 128)
-    c.model.dropout = p["dropout"]  # paper
+    # paper: local attention heads (must divide embedding_dim) and dropout.
+    c.model.dual_encoder.update(MODEL_PRESETS[dataset])
     # paper: attention dimension 768 (LSMDC) / 384 (YouCook2); 128 keeps a CPU run to minutes.
-    c.model.embedding_dim = 128
+    c.model.dual_encoder.embedding_dim = 128
 
     lo = c.loss
-    lo.temperature = 0.03  # τ of the logits (paper, both datasets)
-    lo.weight_temperature = p["weight_temperature"]  # κ of the anchor weights (paper)
-    lo.intra_weight = p["intra_weight"]  # λ of the intra-modality negatives (paper)
-    lo.prune_threshold = 0.9  # γ: samples with proximity / max > γ leave the negatives (paper)
-    # True: the released code's formula (λ on the logit, pruned entries kept as logits of 0).
-    lo.reference_compat = False
-    # Past clip/caption pairs kept as extra negatives of the local loss (paper: 5000 / 3000;
-    # the default data gives ~500 pairs per step, so the queue spans ~6-10 steps).
-    lo.queue_size = p["queue_size"]
-    lo.num_positives = 0  # K extra positives per anchor (0: off; see the *_mp presets)
-    lo.positive_weight = 0.0  # β of the extra positives
+    lo.name = "crossclr"
+    del lo["info_nce"]  # CrossCLR replaces the InfoNCE term
+    # CrossCLRLoss(**loss.crossclr) of the local (clip/caption) term; the global (video/paragraph)
+    # term takes the same values without a queue, as in the paper. From PRESETS (paper): τ of
+    # the logits (temperature), κ of the anchor weights (weight_temperature), λ of the
+    # intra-modality negatives (intra_weight), γ: samples with proximity / max > γ leave the
+    # negatives (prune_threshold), and the queue of past clip/caption pairs kept as extra
+    # negatives (queue_size 5000 / 3000; the default data gives ~500 pairs per step, so the
+    # queue spans ~6-10 steps).
+    lo.crossclr = dict(
+        PRESETS[dataset],
+        # True: the released code's formula (λ on the logit, pruned entries kept as logits of 0).
+        reference_compat=False,
+        num_positives=0,  # K extra positives per anchor (0: off; see the *_mp presets)
+        positive_weight=0.0,  # β of the extra positives
+    )
     if preset.endswith("_mp"):
-        lo.update(MULTI_POSITIVES[name])  # paper, supplement Section 3.1
+        lo.crossclr.update(PRESETS[f"{dataset}_multi_positive"])  # paper, supplement Section 3.1
     lo.local_weight = 1.0  # weight of the clip/caption loss (paper: 1)
     lo.global_weight = 0.6  # weight of the video/paragraph loss (paper: 0.6)
     # Expert features (names in data.expert_features) of the global loss's proximity; "":

@@ -1,15 +1,13 @@
-"""The default config: late fusion of masked mean/max frame pooling into a mixture of experts.
+"""bin/train's default config: masked mean/max frame pooling, late fusion, a mixture of experts.
 
-The pipeline's baseline (and `bin/train`'s main job): each modality's frames
-are pooled separately, concatenated, and classified by the YouTube-8M MoE head
-with context gating.
+The pipeline's baseline and the main job of `bin/train` with no flags: each
+modality's frames are pooled separately, concatenated, and classified by the
+YouTube-8M MoE head with context gating. It is `configs/yt8m/classifier.py`
+with its defaults (`aggregator=pool,fusion=late`); every key is documented
+there.
 """
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from yt8m_base import get_base_config  # noqa: E402
+from vt_keras.cli.common import load_config_module
 
 
 def get_config():
-    return get_base_config(aggregator="pool", fusion="late")
+    return load_config_module("classifier.py", beside=__file__).get_config()

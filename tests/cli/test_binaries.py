@@ -149,6 +149,34 @@ def test_predict_with_a_wrong_export_dir_is_one_line(data, tmp_path):
     assert_one_line_error(proc, "not a SavedModel")
 
 
+def test_compare_prints_the_runs_side_by_side_and_names_bad_workdirs(tmp_path):
+    for name, gap in (("a", 0.25), ("b", 0.5)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.json").write_text(json.dumps({"gap_error": gap, "level_0/gap_error": 1.0}))
+    table = tmp_path / "table.md"
+    proc = run_bin("compare", f"--workdirs={tmp_path}/*", "--metrics=gap_error,level_*/gap_error",
+                   f"--output={table}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.splitlines() == ["| workdir | gap_error | level_0/gap_error |", "|---|---|---|",
+                                        "| a | 0.25 | 1.00 |", "| b | 0.50 | 1.00 |"]
+    assert table.read_text() == proc.stdout
+    assert_one_line_error(run_bin("compare", f"--workdirs={tmp_path / 'nowhere'}"),
+                          f"{tmp_path / 'nowhere' / 'metrics.json'} does not exist")
+    (tmp_path / "b" / "metrics.json").write_text("{\"gap_error\": 0.5")  # a run killed while writing
+    assert_one_line_error(run_bin("compare", f"--workdirs={tmp_path}/*"),
+                          f"{tmp_path / 'b' / 'metrics.json'} is not valid JSON")
+    assert_one_line_error(run_bin("compare", "--workdirs= , "), "--workdirs=' , ' names no workdir")
+
+
+def test_bad_config_argument_is_one_line(tmp_path):
+    proc = run_bin("train", "--config=configs/yt8m/classifier.py:aggregator=lstm", f"--workdir={tmp_path}")
+    assert_one_line_error(proc, "classifier.py:aggregator=lstm", "unknown aggregator 'lstm'",
+                          "pool, netvlad, rnn, transformer")
+    proc = run_bin("train", "--config=configs/yt8m/classifier.py:aggregator=pool,fusion=cm_gated",
+                   f"--workdir={tmp_path}")
+    assert_one_line_error(proc, "pooling has no cross-modal form")
+
+
 # Each binary's own flags, as its --help must list them (a sample per binary).
 HELP_FLAGS = {
     "train": ("--config", "--workdir", "--strategy", "--num_cpu_devices", "--skip_corrupt_records"),

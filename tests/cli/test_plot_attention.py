@@ -3,13 +3,12 @@ import os
 import subprocess
 import sys
 
-import ml_collections
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from tests.conftest import REPO_ROOT
-from tests.yt8m_fixtures import TINY_FRAMES, tiny_config, write_tiny_yt8m
+from tests.yt8m_fixtures import TINY_FRAMES, tiny_config, variant_config_file, write_tiny_yt8m
 from vt_keras.cli.plot_attention import attention_maps, plot_attention
 from vt_keras.errors import ConfigError
 from vt_keras.models.video_classifier import build_video_classifier
@@ -51,7 +50,7 @@ def make_workdir(directory, config):
 def workdirs(tiny_data, tmp_path_factory):
     """Tiny trained models: attention clusters (CM-G), NetVLAD (late), Transformer (CM-C)."""
     root = tmp_path_factory.mktemp("runs")
-    return {name: make_workdir(str(root / name), tiny_config(tiny_data, config_file=f"configs/yt8m/{name}.py"))
+    return {name: make_workdir(str(root / name), tiny_config(tiny_data, config_file=variant_config_file(name)))
             for name in ("rnn_cm_gated", "netvlad_late", "transformer_cm_concat")}
 
 
@@ -62,7 +61,7 @@ def inputs(rng, lengths=(6, 3)):
 
 
 def model_config(aggregator, fusion):
-    config = tiny_config("unused", config_file=f"configs/yt8m/{aggregator}_{fusion}.py")
+    config = tiny_config("unused", config_file=variant_config_file(f"{aggregator}_{fusion}"))
     return config.model
 
 
@@ -103,7 +102,7 @@ def test_attention_cluster_weights_match_a_numpy_softmax(rng):
 
 
 def test_pooling_models_have_no_attention_to_plot(rng):
-    cfg = ml_collections.ConfigDict({"aggregator": "pool", "fusion": "late", "hidden_size": 0})
+    cfg = model_config("pool", "late")
     model = build_video_classifier(cfg, FEATURES, 5, TINY_FRAMES)
     with pytest.raises(ConfigError, match=r"model.aggregator='pool' has no attention weights"):
         attention_maps(model, cfg, FEATURES, inputs(rng))

@@ -2,19 +2,29 @@
 import glob
 import os
 
+import keras
+import ml_collections
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from tests.conftest import REPO_ROOT
-from tests.yt8m_fixtures import TINY_FRAMES, tiny_config, write_tiny_yt8m
+from tests.yt8m_fixtures import (TINY_FRAMES, classifier_variants, tiny_config, variant_config_file,
+                                 write_tiny_yt8m)
+from vt_keras.cli.common import load_config_file
 from vt_keras.errors import ConfigError
-from vt_keras.models.video_classifier import build_video_classifier, cross_modal_inputs
+from vt_keras.models.video_classifier import AGGREGATORS, build_video_classifier, cross_modal_inputs
 from vt_keras.train import loop
+from vt_keras.train.task import StepContext
 
-CONFIGS = sorted(os.path.splitext(os.path.basename(p))[0]
-                 for p in glob.glob(os.path.join(REPO_ROOT, "configs", "yt8m", "*.py"))
-                 if not p.endswith("yt8m_base.py"))
+CONFIG_FILES = sorted(os.path.splitext(os.path.basename(p))[0]
+                      for p in glob.glob(os.path.join(REPO_ROOT, "configs", "yt8m", "*.py")))
+# Every classifier variant and the tower (late_fusion.py is pool_late, checked below).
+CONFIGS = classifier_variants() + ["correlation_tower"]
+
+
+def config_file(name):
+    return f"configs/yt8m/{name}.py" if name in CONFIG_FILES else variant_config_file(name)
 
 
 def quiet(*args):
@@ -48,9 +58,15 @@ def tower_weights(workdir):
 
 
 def test_every_config_is_covered():
-    assert {"correlation_tower", "late_fusion", "netvlad_cm_concat", "rnn_early", "transformer_cm_gated"} <= set(
-        CONFIGS)
-    assert len(CONFIGS) == 14
+    assert CONFIG_FILES == ["classifier", "correlation_tower", "late_fusion"]
+    assert {"pool_late", "pool_early", "netvlad_cm_concat", "rnn_early", "transformer_cm_gated"} <= set(CONFIGS)
+    assert len(CONFIGS) == 2 + 3 * 4 + 1
+    # The config's aggregators are the builder's.
+    assert sorted({name.split("_")[0] for name in classifier_variants()}) == AGGREGATORS.names()
+    # bin/train's default is the classifier's default variant.
+    default = load_config_file("configs/yt8m/late_fusion.py")
+    assert default.to_dict() == load_config_file(variant_config_file("pool_late")).to_dict()
+    assert (default.model.aggregator, default.model.fusion) == ("pool", "late")
 
 
 @pytest.fixture(scope="module")
@@ -64,14 +80,10 @@ def weights(layer):
 
 @pytest.mark.parametrize("name", CONFIGS)
 def test_config_builds_and_trains_two_steps(name, tiny_data, tiny_batch, request):
-    import keras
-
-    from vt_keras.train.task import StepContext
-
     overrides = {}
     if "_cm_" in name:
         overrides["model.tower_workdir"] = request.getfixturevalue("tower_workdir")
-    task = loop.build_task(tiny_config(tiny_data, config_file=f"configs/yt8m/{name}.py", **overrides))
+    task = loop.build_task(tiny_config(tiny_data, config_file=config_file(name), **overrides))
     model = task.build_model()
     optimizer = keras.optimizers.Adam(1e-2)
     optimizer.build(model.trainable_variables)
@@ -98,7 +110,7 @@ def test_config_builds_and_trains_two_steps(name, tiny_data, tiny_batch, request
 def test_trained_cross_modal_workdir_restores_to_the_same_predictions(tiny_data, tiny_batch, tower_workdir, tmp_path):
     # Keras 3 keeps list-held sublayers (tower stacks, Transformer blocks) out of TensorFlow's object
     # graph; the task tracks every weight by path so that evaluate/export/plots restore them.
-    config = tiny_config(tiny_data, config_file="configs/yt8m/transformer_cm_concat.py",
+    config = tiny_config(tiny_data, config_file=variant_config_file("transformer_cm_concat"),
                          **{"train.num_steps": 2, "train.checkpoint_every": 0, "model.tower_workdir": tower_workdir})
     _, model = loop.train(config, str(tmp_path / "w"), strategy=one_device(), log=quiet)
     task, restored = loop.restore_model(config, str(tmp_path / "w"))
@@ -113,7 +125,7 @@ def test_cm_concat_gives_each_modality_the_other_modalitys_embedding(rng):
     out = {"video_embedding": rng.normal(size=(2, 5)).astype("f"), "audio_embedding": rng.normal(size=(2, 5)).astype("f"),
            "probability": np.array([0.2, 0.9], "f")}
     out["embedding"] = np.concatenate([out["video_embedding"], out["audio_embedding"]], -1)
-    cfg = {"fusion": "cm_concat"}
+    cfg = {"fusion": "cm_concat", "cm_concat": "other"}
     v, a, g = cross_modal_inputs(cfg, out, video, audio)
     assert g is None
     np.testing.assert_allclose(v, np.concatenate([video, np.repeat(out["audio_embedding"][:, None], 4, 1)], -1))
@@ -128,7 +140,7 @@ def test_cm_concat_gives_each_modality_the_other_modalitys_embedding(rng):
 
 
 def test_frozen_tower_runs_without_dropout_inside_the_classifier(tiny_data, rng):
-    config = tiny_config(tiny_data, config_file="configs/yt8m/rnn_cm_concat.py")
+    config = tiny_config(tiny_data, config_file=variant_config_file("rnn_cm_concat"))
     config.model.tower = dict(hidden_units=(8,), embedding_dim=4, dropout=0.5)
     config.model.hidden_size = 0
     model = build_video_classifier(config.model, config.data.features, 5, TINY_FRAMES)
@@ -145,15 +157,13 @@ def test_frozen_tower_runs_without_dropout_inside_the_classifier(tiny_data, rng)
     ({"aggregator": "netvlad", "fusion": "middle"}, (("rgb", 8), ("audio", 4)), r"model.fusion='middle' is unknown"),
 ])
 def test_builder_errors_name_the_key(model_cfg, features, pattern):
-    import ml_collections
-
     with pytest.raises(ConfigError, match=pattern):
         build_video_classifier(ml_collections.ConfigDict(model_cfg), features, 5, TINY_FRAMES)
 
 
 @pytest.mark.slow
 def test_cross_modal_export_serves_what_the_model_predicts(tiny_data, tower_workdir, tmp_path):
-    config = tiny_config(tiny_data, config_file="configs/yt8m/netvlad_cm_concat.py",
+    config = tiny_config(tiny_data, config_file=variant_config_file("netvlad_cm_concat"),
                          **{"model.tower_workdir": tower_workdir})
     task = loop.build_task(config)
     model = task.build_model()
@@ -176,16 +186,12 @@ def _linear_cka64(x, y):
     return np.sum(k * l) / np.sqrt(np.sum(k * k) * np.sum(l * l))
 
 
-@pytest.mark.parametrize("config_file", ["late_fusion", "rnn_cm_gated"])
-def test_cka_config_key_aligns_the_two_branches(config_file, tiny_data, tiny_batch, request):
-    import keras
-
-    from vt_keras.train.task import StepContext
-
-    overrides = {"model.branch_units": 6, "model.cka": dict(weight=0.25, num_samples=0, kernel="linear")}
-    if "_cm_" in config_file:
+@pytest.mark.parametrize("name", ["late_fusion", "rnn_cm_gated"])
+def test_cka_config_key_aligns_the_two_branches(name, tiny_data, tiny_batch, request):
+    overrides = {"model.branch_units": 6, "model.cka.weight": 0.25}
+    if "_cm_" in name:
         overrides["model.tower_workdir"] = request.getfixturevalue("tower_workdir")
-    task = loop.build_task(tiny_config(tiny_data, config_file=f"configs/yt8m/{config_file}.py", **overrides))
+    task = loop.build_task(tiny_config(tiny_data, config_file=config_file(name), **overrides))
     model = task.build_model()
     task.warm_start(model)
     ctx = StepContext(global_batch_size=8, num_replicas=1, gather=lambda x, axis=0: x, main_weight=1.0)
@@ -201,8 +207,6 @@ def test_cka_config_key_aligns_the_two_branches(config_file, tiny_data, tiny_bat
 
 
 def test_cka_warm_up_trains_the_branches_alone(tiny_data, tiny_batch):
-    from vt_keras.train.task import StepContext
-
     task = loop.build_task(tiny_config(tiny_data, **{"model.branch_units": 6, "model.cka.weight": 0.1}))
     model = task.build_model()
     grads = {}

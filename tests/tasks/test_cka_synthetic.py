@@ -9,6 +9,7 @@ import pytest
 import tensorflow as tf
 
 from tests.conftest import REPO_ROOT, mirrored_strategy
+from tests.tasks.replicas import EPS32, assert_moved, initial_weights, replica_atols
 from vt_keras.cli.common import load_config_file
 from vt_keras.data import cka_synthetic as data
 from vt_keras.distributed import identity_gather
@@ -41,6 +42,12 @@ def tiny_config(method="cos_cka", **overrides):
 
 def weights(model):
     return [np.asarray(v.numpy()) for v in model.weights]
+
+
+def trainable(model, values):
+    """The entries of `values` (one per weight) that belong to trainable weights."""
+    keep = {id(v) for v in model.trainable_weights}
+    return [x for v, x in zip(model.weights, values) if id(v) in keep]
 
 
 # ---- numpy references ------------------------------------------------------
@@ -113,8 +120,12 @@ def test_train_dataset_batches_and_shards():
 def test_bad_pairing_and_method_name_the_key():
     with pytest.raises(ConfigError, match=r"data.pairing must be one of .*'bogus'"):
         data.make_pairs(pairing="bogus")
+    with pytest.raises(ConfigError, match=r"cka_synthetic.py:cos: unknown method 'cos'; expected one of cos_cka, "):
+        tiny_config("cos")
+    config = tiny_config()
+    config.method = "cos"  # as --config.method=cos would
     with pytest.raises(ConfigError, match=r"method must be one of .*'cos'"):
-        TASKS.get("cka_synthetic")(tiny_config("cos"))
+        TASKS.get("cka_synthetic")(config)
 
 
 # ---- losses ----------------------------------------------------------------
@@ -196,34 +207,34 @@ def test_evaluate_matches_numpy_and_rejects_files():
         task.evaluate(model, "data/*.tfrecord")
 
 
-@TASKS.register("test_cka_synthetic_capture")
-class _CaptureInitial(task_lib.CKASynthetic):
-    """Records the weights the trainer starts from (`warm_start` runs right after `build_model`)."""
-
-    captured = []
-
-    def warm_start(self, model):
-        self.captured.append(weights(model))
-
-
 @pytest.mark.slow  # a MirroredStrategy run: ~35 s of CPU
 def test_two_replicas_match_one_device_from_the_initial_model(tmp_path, logical_cpus):
-    config = tiny_config("cos_cka", **{"task": "test_cka_synthetic_capture", "seed": 5,
-                                       "train.num_steps": 3, "train.cka_warmup_steps": 1})
-    res1, one = loop.train(config, str(tmp_path / "one"), log=quiet,
-                           strategy=tf.distribute.OneDeviceStrategy(logical_cpus[0]))
-    res2, two = loop.train(config, str(tmp_path / "two"), strategy=mirrored_strategy(logical_cpus), log=quiet)
-    # model.weights include the batch norms' moving statistics (synchronised).
-    for a, b in zip(weights(one), weights(two)):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
-    for key in ("cosine", "cka", "train_cosine", "train_cka"):
-        np.testing.assert_allclose(res1[key], res2[key], rtol=1e-4)
+    # Plain SGD: weights move by exactly the summed gradients (see replica_atols).
+    config = tiny_config("cos_cka", **{"seed": 5, "train.num_steps": 3, "train.cka_warmup_steps": 1,
+                                       "optimizer.name": "sgd", "optimizer.learning_rate": 0.5})
+    config.optimizer.momentum = 0.0
+    with initial_weights(task_lib.CKASynthetic) as recorded:
+        res1, one = loop.train(config, str(tmp_path / "one"), log=quiet,
+                               strategy=tf.distribute.OneDeviceStrategy(logical_cpus[0]))
+        res2, two = loop.train(config, str(tmp_path / "two"), strategy=mirrored_strategy(logical_cpus), log=quiet)
     # Both runs started from initial_model(), the step-0 point of the curves.
     initial = weights(TASKS.get("cka_synthetic")(config).initial_model())
-    for captured in _CaptureInitial.captured[-2:]:
-        for a, b in zip(captured, initial):
+    for start in recorded:
+        for a, b in zip(start, initial):
             np.testing.assert_array_equal(a, b)
-    assert sum(not np.allclose(a, b) for a, b in zip(initial, weights(one))) > 0
+    w1, w2 = weights(one), weights(two)
+    assert_moved(trainable(one, initial), trainable(one, w1), [v.path for v in one.trainable_weights])
+    # Every weight, the batch norms' moving statistics (synchronised) included.
+    for a, b, atol in zip(w1, w2, replica_atols(initial, w1, global_batch=32)):
+        np.testing.assert_allclose(a, b, rtol=0, atol=atol)
+    # The metrics (float64, from the embeddings) inherit the weights' rounding: relative to the
+    # weights, those differ by at most δ = n²·ε (n = 32, the bound above, whose updates are smaller
+    # than the weights). Each of the 3 dense + batch-norm layers passes δ on with a gain of at most
+    # 2 (kernel and gamma), so embeddings move by at most 6δ relative, and the mean cosine and linear
+    # CKA, both in [-1, 1] and invariant to scale, by at most 2 · 6δ.
+    atol = 12 * 32 ** 2 * EPS32
+    for key in ("cosine", "cka", "train_cosine", "train_cka"):
+        np.testing.assert_allclose(res1[key], res2[key], rtol=0, atol=atol)
 
 
 def test_export_serves_both_embeddings(tmp_path):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.yt8m_fixtures import tiny_config
+from tests.yt8m_fixtures import tiny_config, variant_config_file
 from vt_keras.data.taxonomy import Taxonomy
 from vt_keras.errors import CheckpointError, ConfigError
 from vt_keras.tasks.correlation_tower import CorrelationTowerTask, negative_pairs, top_level_matrix
@@ -171,7 +171,7 @@ def test_warm_start_copies_the_trained_tower_into_the_classifier(trained_tower, 
     workdir, _, tower_model = trained_tower
     train, valid, _ = data
     config = tower_config(train, valid, **{"model.tower_workdir": workdir})
-    classifier_config = tiny_config(train, valid, config_file="configs/yt8m/rnn_cm_gated.py", **{
+    classifier_config = tiny_config(train, valid, config_file=variant_config_file("rnn_cm_gated"), **{
         "data.features": FEATURES, "data.max_frames": FRAMES, "data.num_classes": 9,
         "model.tower": dict(config.model.tower), "model.tower_workdir": workdir})
     task = loop.build_task(classifier_config)
@@ -216,7 +216,7 @@ def test_warm_start_errors_name_the_key_and_path(case, trained_tower, data, tmp_
     else:
         overrides["data.features"] = (("rgb", 6), ("audio", 4))
         error, pattern = ConfigError, r"data.features=.*4.*does not match.*data.features=.*3"
-    config = tiny_config(train, valid, config_file="configs/yt8m/netvlad_cm_concat.py", **overrides)
+    config = tiny_config(train, valid, config_file=variant_config_file("netvlad_cm_concat"), **overrides)
     task = loop.build_task(config)
     with pytest.raises(error, match=pattern):
         task.warm_start(task.build_model())

@@ -1,5 +1,4 @@
 """The retrieval task: loss and CKA term, replicas, learning, evaluation, vocabulary, export."""
-import importlib.util
 import json
 import os
 import subprocess
@@ -9,7 +8,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.conftest import REPO_ROOT, mirrored_strategy
+from tests.conftest import mirrored_strategy
+from tests.tasks.replicas import assert_moved, initial_weights, replica_atols, weights
+from vt_keras.cli.common import load_config_file
 from vt_keras.data.video_text_synthetic import make_video_text_data
 from vt_keras.errors import ConfigError, DataError
 from vt_keras.tasks import retrieval
@@ -25,11 +26,7 @@ def quiet(*args):
 
 
 def base_config():
-    path = os.path.join(REPO_ROOT, "configs", "retrieval", "retrieval_base.py")
-    spec = importlib.util.spec_from_file_location("retrieval_base_for_tests", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_base_config()
+    return load_config_file("configs/retrieval/info_nce.py")
 
 
 def write_tiny_data(root, num_videos=120, seed=0):
@@ -50,15 +47,23 @@ def tiny_config(data, cache_dir=None, **overrides):
     c.data.train_pattern, c.data.eval_pattern = data
     c.data.clip_dim, c.data.max_clips = CLIP_DIM, 4
     c.data.shuffle_buffer = 64
-    c.model.update(embedding_dim=16, token_embedding_dim=16, num_heads=2, max_tokens=8, dropout=0.0)
+    c.model.dual_encoder.update(embedding_dim=16, token_embedding_dim=16, num_heads=2, max_tokens=8, dropout=0.0)
     c.train.update(batch_size=16, num_steps=2, checkpoint_every=0, eval_every=0, log_every=1000)
     c.optimizer.update(warmup_steps=0, decay="constant", learning_rate=3e-3)
-    for key, value in overrides.items():
-        section, name = key.split(".")
-        c[section][name] = value
+    set_keys(c, overrides)
     if cache_dir:
         retrieval.prepare_vocabulary(c, cache_dir=cache_dir, log=quiet)
     return c
+
+
+def set_keys(config, overrides):
+    """Sets dotted keys: {"loss.info_nce.temperature": 0.1}."""
+    for key, value in overrides.items():
+        *parents, leaf = key.split(".")
+        node = config
+        for part in parents:
+            node = node[part]
+        node[leaf] = value
 
 
 @pytest.fixture(scope="module")
@@ -73,10 +78,6 @@ def cache(tmp_path_factory):
 
 def first_batch(task, pattern, size):
     return next(iter(task.dataset(pattern, size)))
-
-
-def weights(model):
-    return [np.asarray(w.numpy()) for w in model.weights]
 
 
 def numpy_info_nce(v, t, tau):
@@ -98,7 +99,7 @@ def numpy_linear_cka(x, y):
 
 @pytest.mark.parametrize("cka_weight", [0.0, 0.5])
 def test_loss_is_info_nce_minus_weighted_cka_of_the_pooled_embeddings(data, cache, cka_weight):
-    config = tiny_config(data, cache, **{"loss.cka_weight": cka_weight, "loss.temperature": 0.1})
+    config = tiny_config(data, cache, **{"loss.cka_weight": cka_weight, "loss.info_nce.temperature": 0.1})
     task = RetrievalTask(config)
     model = task.build_model()
     batch = first_batch(task, data[0], 12)
@@ -121,20 +122,23 @@ def test_loss_is_info_nce_minus_weighted_cka_of_the_pooled_embeddings(data, cach
 
 
 def test_two_replicas_match_one_device_with_the_cka_term(data, cache, tmp_path, logical_cpus):
-    # Plain SGD: weights move by exactly the summed gradients (Adam would magnify the
-    # rounding noise of near-zero gradients into full steps).
-    config = tiny_config(data, cache, **{"loss.cka_weight": 0.5, "train.num_steps": 2,
-                                         "optimizer.name": "sgd", "optimizer.learning_rate": 1.0})
+    # Plain SGD: weights move by exactly the summed gradients (see replica_atol).
+    config = tiny_config(data, cache, **{"loss.cka_weight": 0.5, "train.num_steps": 2, "optimizer.name": "sgd",
+                                         "optimizer.learning_rate": 1.0})
     config.optimizer.momentum = 0.0
-    _, one = loop.train(config, str(tmp_path / "one"), strategy=tf.distribute.OneDeviceStrategy(logical_cpus[0]),
-                        log=quiet)
-    _, two = loop.train(config, str(tmp_path / "two"), strategy=mirrored_strategy(logical_cpus), log=quiet)
+    with initial_weights(RetrievalTask) as recorded:
+        _, one = loop.train(config, str(tmp_path / "one"), log=quiet,
+                            strategy=tf.distribute.OneDeviceStrategy(logical_cpus[0]))
+        _, two = loop.train(config, str(tmp_path / "two"), strategy=mirrored_strategy(logical_cpus), log=quiet)
+    start_one, start_two = recorded
     w1, w2 = weights(one), weights(two)
-    assert len(w1) == len(w2) > 0
-    for a, b in zip(w1, w2):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
-    fresh = RetrievalTask(config).build_model()
-    assert sum(not np.allclose(a, b) for a, b in zip(weights(fresh), w1)) > 0
+    assert len(w1) == len(w2) == len(start_one) > 0
+    # Both runs start from the same weights (config.seed), and training moved every one of them.
+    for a, b in zip(start_one, start_two):
+        np.testing.assert_array_equal(a, b)
+    assert_moved(start_one, w1, [w.path for w in one.weights])
+    for a, b, atol in zip(w1, w2, replica_atols(start_one, w1, global_batch=16)):
+        np.testing.assert_allclose(a, b, rtol=0, atol=atol)
 
 
 @pytest.mark.slow

@@ -1,5 +1,4 @@
 """The "crossclr" retrieval loss: values, queue checkpoints, replicas, presets, errors."""
-import importlib.util
 import os
 import shutil
 
@@ -7,10 +6,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.conftest import REPO_ROOT, mirrored_strategy
+from tests.conftest import mirrored_strategy
+from tests.tasks.replicas import assert_moved, initial_weights, replica_atols, weights
+from vt_keras.cli.common import load_config_file
 from vt_keras.data.video_text_synthetic import make_video_text_data
 from vt_keras.errors import ConfigError
-from vt_keras.losses.crossclr import crossclr_loss
+from vt_keras.losses.crossclr import PRESETS, crossclr_loss
 from vt_keras.tasks import retrieval
 from vt_keras.tasks.retrieval import RetrievalTask
 from vt_keras.train import loop
@@ -26,11 +27,7 @@ def quiet(*args):
 
 
 def load_config(preset=None):
-    path = os.path.join(REPO_ROOT, "configs", "retrieval", "crossclr.py")
-    spec = importlib.util.spec_from_file_location("crossclr_config_for_tests", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(preset) if preset else module.get_config()
+    return load_config_file("configs/retrieval/crossclr.py" + (f":{preset}" if preset else ""))
 
 
 @pytest.fixture(scope="module")
@@ -53,11 +50,11 @@ def tiny_config(data, cache, preset=None, **loss):
     c = load_config(preset)
     c.data.train_pattern, c.data.eval_pattern = data
     c.data.update(clip_dim=CLIP_DIM, max_clips=4, shuffle_buffer=1)
-    c.model.update(embedding_dim=16, token_embedding_dim=16, max_tokens=8, dropout=0.0)
-    if c.model.num_heads > 16:
-        c.model.num_heads = 16
-    c.loss.update(caption_feature_dim=BOW_DIM, temperature=0.1, weight_temperature=0.05)
-    c.loss.update(loss)
+    c.model.dual_encoder.update(embedding_dim=16, token_embedding_dim=16, max_tokens=8, dropout=0.0)
+    c.loss.caption_feature_dim = BOW_DIM
+    c.loss.crossclr.update(temperature=0.1, weight_temperature=0.05)
+    for key, value in loss.items():
+        (c.loss.crossclr if key in c.loss.crossclr else c.loss)[key] = value
     c.train.update(batch_size=BATCH, num_steps=2, checkpoint_every=0, eval_every=0, log_every=1000)
     c.optimizer.update(warmup_steps=0, plateau_monitor="")
     retrieval.prepare_vocabulary(c, cache_dir=cache, log=quiet)
@@ -89,9 +86,8 @@ def local_pairs(out, batch):
 
 
 def options(config):
-    keys = ("temperature", "weight_temperature", "intra_weight", "prune_threshold", "reference_compat",
-            "num_positives", "positive_weight")
-    return {k: config.loss[k] for k in keys}
+    """`crossclr_loss`'s options: loss.crossclr without the queue."""
+    return {k: v for k, v in config.loss.crossclr.items() if k != "queue_size"}
 
 
 def expected_loss(config, out, batch, derived=False):
@@ -202,13 +198,18 @@ def test_two_replicas_match_one_device(data, cache, tmp_path, logical_cpus):
     config.train.num_steps = 1
     config.optimizer.update(name="sgd", learning_rate=1.0, momentum=0.0)
     one, two = loop.build_task(config), loop.build_task(config)
-    _, m1 = _train(one, config, str(tmp_path / "one"), tf.distribute.OneDeviceStrategy(logical_cpus[0]))
     strategy = mirrored_strategy(logical_cpus)
-    _, m2 = _train(two, config, str(tmp_path / "two"), strategy)
-    for a, b in zip(m1.weights, m2.weights):
-        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-5)
-    fresh = RetrievalTask(config).build_model()
-    assert any(not np.allclose(a.numpy(), b.numpy()) for a, b in zip(fresh.weights, m1.weights))
+    with initial_weights(RetrievalTask) as recorded:
+        _, m1 = _train(one, config, str(tmp_path / "one"), tf.distribute.OneDeviceStrategy(logical_cpus[0]))
+        _, m2 = _train(two, config, str(tmp_path / "two"), strategy)
+    start_one, start_two = recorded
+    w1, w2 = weights(m1), weights(m2)
+    for a, b in zip(start_one, start_two):
+        np.testing.assert_array_equal(a, b)
+    assert_moved(start_one, w1, [w.path for w in m1.weights])
+    # Plain SGD: weights move by exactly the summed gradients (see replica_atols).
+    for a, b, atol in zip(w1, w2, replica_atols(start_one, w1, global_batch=BATCH)):
+        np.testing.assert_allclose(a, b, rtol=0, atol=atol)
     # Every replica holds the single device's queue.
     local_one = one.trackables()["loss_state"].local
     local_two = two.trackables()["loss_state"].local
@@ -227,7 +228,7 @@ def test_presets_take_training_steps(data, cache, batch, preset):
 
     paper = load_config(preset)
     config = tiny_config(data, cache, preset=preset, temperature=0.03,
-                         weight_temperature=paper.loss.weight_temperature)
+                         weight_temperature=paper.loss.crossclr.weight_temperature)
     task = RetrievalTask(config)
     model = task.build_model()
     optimizer = build_optimizer(config.optimizer)
@@ -241,19 +242,28 @@ def test_presets_take_training_steps(data, cache, batch, preset):
         optimizer.apply_gradients(zip(tape.gradient(loss, model.trainable_weights), model.trainable_weights))
     assert any(not np.allclose(a, b.numpy()) for a, b in zip(before, model.trainable_weights))
     local = task.trackables()["loss_state"].local
-    assert local.queue_size == paper.loss.queue_size
+    assert local.queue_size == paper.loss.crossclr.queue_size
     assert int(local.queue_count.numpy()) == 2 * int(np.sum(batch["caption_mask"]))
-    assert local.num_positives == paper.loss.num_positives
+    assert local.num_positives == paper.loss.crossclr.num_positives
 
 
 def test_presets_hold_the_supplement_values():
-    youcook2, lsmdc, lsmdc_mp = load_config(), load_config("lsmdc"), load_config("lsmdc_mp")
-    assert (youcook2.loss.weight_temperature, youcook2.loss.intra_weight, youcook2.loss.queue_size) == (
-        35e-4, 0.8, 5000)
-    assert (lsmdc.loss.weight_temperature, lsmdc.loss.intra_weight, lsmdc.loss.queue_size) == (55e-4, 0.65, 3000)
-    assert (lsmdc_mp.loss.num_positives, lsmdc_mp.loss.positive_weight) == (5, 0.2)
-    assert youcook2.loss.num_positives == 0 and youcook2.loss.global_weight == 0.6
-    with pytest.raises(ConfigError, match="unknown preset.*lsmdc_mp"):
+    youcook2, lsmdc, lsmdc_mp = load_config(), load_config("lsmdc"), load_config("preset=lsmdc_mp")
+    y, l, lm = youcook2.loss.crossclr, lsmdc.loss.crossclr, lsmdc_mp.loss.crossclr
+    # The supplement's Table 1 and Section 3.1, written out here rather than read from PRESETS.
+    assert (y.temperature, y.weight_temperature, y.intra_weight, y.prune_threshold, y.queue_size) == (
+        0.03, 35e-4, 0.8, 0.9, 5000)
+    assert (l.temperature, l.weight_temperature, l.intra_weight, l.prune_threshold, l.queue_size) == (
+        0.03, 55e-4, 0.65, 0.9, 3000)
+    assert (lm.num_positives, lm.positive_weight) == (5, 0.2) and lm.queue_size == 3000
+    assert y.num_positives == 0 and youcook2.loss.global_weight == 0.6
+    assert (youcook2.model.dual_encoder.num_heads, youcook2.model.dual_encoder.dropout) == (8, 0.05)
+    assert (lsmdc.model.dual_encoder.num_heads, lsmdc.model.dual_encoder.dropout) == (16, 0.01)
+    # One source: the config's loss values are the loss module's presets.
+    for config, name in ((youcook2, "youcook2"), (lsmdc, "lsmdc")):
+        assert {k: config.loss.crossclr[k] for k in PRESETS[name]} == PRESETS[name]
+    assert "info_nce" not in youcook2.loss  # CrossCLR replaces it
+    with pytest.raises(ConfigError, match="unknown preset 'msrvtt'.*lsmdc_mp"):
         load_config("msrvtt")
 
 

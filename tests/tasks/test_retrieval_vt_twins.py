@@ -1,5 +1,4 @@
 """The "vt_twins" retrieval loss: value on model outputs, training, replicas, planted alignment, the plot binary."""
-import importlib.util
 import json
 import os
 import subprocess
@@ -10,16 +9,18 @@ import pytest
 import tensorflow as tf
 
 from tests.conftest import REPO_ROOT, mirrored_strategy
-from vt_keras.data.video_text_synthetic import make_video_text_data
+from tests.tasks.replicas import assert_moved, initial_weights, replica_atols, weights
+from tests.tasks.test_retrieval import set_keys
+from vt_keras.cli.common import load_config_file
 from vt_keras.cli.plot_alignment import plot_alignment
 from vt_keras.data.video_text import make_video_text_example, write_video_text_records
-from vt_keras.data.video_text_synthetic import synthesize_video_text
+from vt_keras.data.video_text_synthetic import make_video_text_data, synthesize_video_text
 from vt_keras.errors import ConfigError, DataError
 from vt_keras.losses.vt_twins import vt_twins_loss
+from vt_keras.metrics.alignment import pair_alignments, planted_alignment_scores, s2dtw_retrieval_metrics
 from vt_keras.tasks import retrieval
 from vt_keras.tasks.retrieval import RetrievalTask
-from vt_keras.tasks.retrieval_vt_twins import (embed_sequences, pair_alignments, planted_alignment_scores,
-                                               read_planted_alignment, s2dtw_retrieval_metrics)
+from vt_keras.tasks.retrieval_vt_twins import read_planted_alignment
 from vt_keras.train import loop
 from vt_keras.train.task import StepContext
 
@@ -37,11 +38,7 @@ def identity(x, axis=0):
 
 
 def vt_twins_config():
-    path = os.path.join(REPO_ROOT, "configs", "retrieval", "vt_twins.py")
-    spec = importlib.util.spec_from_file_location("vt_twins_config_for_tests", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+    return load_config_file("configs/retrieval/vt_twins.py")
 
 
 SYNTHETIC = dict(num_videos=48, num_steps=30, clip_dim=CLIP_DIM, min_clips=3, max_clips=MAX_CLIPS, seed=3,
@@ -66,18 +63,12 @@ def tiny_config(data, cache, **overrides):
     c.data.train_pattern, c.data.eval_pattern = data
     c.data.clip_dim, c.data.max_clips = CLIP_DIM, MAX_CLIPS
     c.data.shuffle_buffer = 64
-    c.model.update(embedding_dim=16, token_embedding_dim=16, num_heads=2, max_tokens=8, dropout=0.0)
+    c.model.dual_encoder.update(embedding_dim=16, token_embedding_dim=16, num_heads=2, max_tokens=8, dropout=0.0)
     c.train.update(batch_size=8, num_steps=2, checkpoint_every=0, eval_every=0, log_every=1000)
     c.optimizer.update(warmup_steps=0, decay="constant", learning_rate=3e-3)
-    for key, value in overrides.items():
-        section, name = key.split(".")
-        c[section][name] = value
+    set_keys(c, overrides)
     retrieval.prepare_vocabulary(c, cache_dir=cache, log=quiet)
     return c
-
-
-def weights(model):
-    return [np.asarray(w.numpy()) for w in model.weights]
 
 
 def _softmin(values, gamma):
@@ -145,14 +136,16 @@ def numpy_info_nce(v, t, tau):
 def test_config_defaults_follow_the_paper():
     c = vt_twins_config()
     assert c.loss.name == "vt_twins" and c.task == "retrieval"
-    assert (c.loss.gamma, c.loss.theta, c.loss.temperature) == (0.1, 0.5, 0.02)
-    assert not c.loss.symmetric and not c.loss.augment and c.loss.info_nce_weight == 0.0
+    v = c.loss.vt_twins
+    assert (v.gamma, v.theta, v.temperature) == (0.1, 0.5, 0.02)
+    assert not v.symmetric and not v.augment and c.loss.info_nce_weight == 0.0
+    assert c.loss.info_nce.temperature == 0.05  # the pooled term's τ: info_nce.py's
     assert "vt_twins" in retrieval.RETRIEVAL_LOSSES
 
 
 @pytest.mark.parametrize("info_nce_weight", [0.0, 0.7])
 def test_task_loss_is_vt_twins_of_the_clip_and_caption_sequences(data, cache, info_nce_weight):
-    config = tiny_config(data, cache, **{"loss.info_nce_weight": info_nce_weight, "loss.temperature": 0.1})
+    config = tiny_config(data, cache, **{"loss.info_nce_weight": info_nce_weight, "loss.vt_twins.temperature": 0.1})
     task = RetrievalTask(config)
     model = task.build_model()
     batch = next(iter(task.dataset(data[0], 6)))
@@ -175,57 +168,63 @@ def test_task_loss_is_vt_twins_of_the_clip_and_caption_sequences(data, cache, in
 
 
 def test_bad_loss_settings_name_the_key(data, cache):
-    for key, value, fragment in (("loss.temperature", 0.0, "loss.temperature=0.0"),
-                                 ("loss.gamma", -1.0, "loss.gamma=-1.0"),
-                                 ("loss.info_nce_weight", -0.5, "loss.info_nce_weight=-0.5")):
+    for key, value in (("loss.vt_twins.temperature", 0.0), ("loss.vt_twins.gamma", -1.0),
+                       ("loss.info_nce_weight", -0.5)):
         config = tiny_config(data, cache, **{key: value})
-        task = RetrievalTask(config)
-        model = task.build_model()
-        batch = next(iter(task.dataset(data[0], 4)))
-        with pytest.raises(ConfigError, match=fragment.replace(".", r"\.")):
-            task.loss_fn(model, batch, StepContext(4, 1, identity))
+        # Made with the task, before any data or model: the run fails at its start.
+        with pytest.raises(ConfigError, match=f"{key}={value}".replace(".", r"\.")):
+            RetrievalTask(config)
+        with pytest.raises(ConfigError, match=f"{key}={value}".replace(".", r"\.")):
+            RetrievalTask.prepare_config(config, log=quiet)
 
 
 @pytest.fixture(scope="module")
 def trained(data, cache, tmp_path_factory):
     """Three steps of configs/retrieval/vt_twins.py, with the temporal augmentation (its stateless
     seeds must work inside the compiled step): (config, workdir, results, model, log lines)."""
-    config = tiny_config(data, cache, **{"loss.augment": True, "train.num_steps": 3, "train.log_every": 1})
+    config = tiny_config(data, cache, **{"loss.vt_twins.augment": True, "train.num_steps": 3, "train.log_every": 1})
     workdir = str(tmp_path_factory.mktemp("trained") / "w")
     logged = []
-    results, model = loop.train(config, workdir, strategy=tf.distribute.OneDeviceStrategy("/cpu:0"),
-                                log=logged.append)
-    return config, workdir, results, model, logged
+    with initial_weights(RetrievalTask) as recorded:
+        results, model = loop.train(config, workdir, strategy=tf.distribute.OneDeviceStrategy("/cpu:0"),
+                                    log=logged.append)
+    return config, workdir, results, model, logged, recorded[0]
 
 
 def test_training_steps_run_with_finite_loss(trained):
-    config, workdir, results, model, logged = trained
+    config, workdir, results, model, logged, initial = trained
     losses = [float(line.split("loss=")[1].split()[0]) for line in logged if line.startswith("step ")]
     assert len(losses) == 3 and all(np.isfinite(losses)), logged
     assert results["num_videos"] == 12 and np.isfinite(results["t2v/MnR"])
     with open(os.path.join(workdir, "metrics.json")) as f:
         assert json.load(f)["step"] == 3
-    fresh = RetrievalTask(config).build_model()
-    assert sum(not np.allclose(a, b) for a, b in zip(weights(fresh), weights(model))) > 0
+    assert_moved(initial, weights(model), [w.path for w in model.weights])
+    # The augmentation's seed generator advanced once per step (video and text draws) and is
+    # checkpointed with the run, so a resume continues its draws.
+    reader = tf.train.load_checkpoint(tf.train.latest_checkpoint(os.path.join(workdir, "checkpoints")))
+    seed_keys = [k for k in reader.get_variable_to_shape_map() if k.startswith("loss_state/augment_seed_state")]
+    assert len(seed_keys) == 1
+    assert reader.get_tensor(seed_keys[0]).tolist() != [config.loss.augment_seed, 0]
 
 
 @pytest.mark.slow
 def test_two_replicas_match_one_device(data, cache, tmp_path, logical_cpus):
-    # Plain SGD: the weights move by exactly the summed gradients.
+    # Plain SGD: the weights move by exactly the summed gradients (see replica_atols).
     config = tiny_config(data, cache, **{"train.num_steps": 1, "optimizer.name": "sgd",
                                          "optimizer.learning_rate": 0.5, "loss.info_nce_weight": 0.5})
     config.optimizer.momentum = 0.0
-    _, one = loop.train(config, str(tmp_path / "one"), strategy=tf.distribute.OneDeviceStrategy(logical_cpus[0]),
-                        log=quiet)
-    _, two = loop.train(config, str(tmp_path / "two"), strategy=mirrored_strategy(logical_cpus), log=quiet)
-    fresh = RetrievalTask(config).build_model()
-    w0, w1, w2 = weights(fresh), weights(one), weights(two)
-    assert len(w1) == len(w2) > 0
-    moved = 0
-    for a, b, start in zip(w1, w2, w0):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
-        moved += not np.allclose(a, start)
-    assert moved > 0
+    with initial_weights(RetrievalTask) as recorded:
+        _, one = loop.train(config, str(tmp_path / "one"), log=quiet,
+                            strategy=tf.distribute.OneDeviceStrategy(logical_cpus[0]))
+        _, two = loop.train(config, str(tmp_path / "two"), strategy=mirrored_strategy(logical_cpus), log=quiet)
+    start_one, start_two = recorded
+    w1, w2 = weights(one), weights(two)
+    assert len(w1) == len(w2) == len(start_one) > 0
+    for a, b in zip(start_one, start_two):
+        np.testing.assert_array_equal(a, b)
+    assert_moved(start_one, w1, [w.path for w in one.weights])
+    for a, b, atol in zip(w1, w2, replica_atols(start_one, w1, global_batch=8)):
+        np.testing.assert_allclose(a, b, rtol=0, atol=atol)
 
 
 def test_planted_ground_truth_is_read_back_from_the_records(data, tmp_path):
@@ -265,9 +264,9 @@ def test_pair_alignments_are_s2dtw_and_its_gradient(rng):
 
 
 def test_planted_scores_and_s2dtw_retrieval_match_a_numpy_recount(trained, data):
-    config, _, _, model, _ = trained
+    config, _, _, model, _, _ = trained
     task = RetrievalTask(config)
-    embedded = embed_sequences(task, model, data[1], batch_size=5)
+    embedded = task.embed_sequences(model, data[1], batch_size=5)
     scores = planted_alignment_scores(embedded, read_planted_alignment(data[1]))
     truth = {v["id"]: v for v in synthesize_video_text(**SYNTHETIC)[0]}
     batch = next(iter(task.dataset(data[1], 100)))
@@ -305,7 +304,7 @@ def test_planted_scores_and_s2dtw_retrieval_match_a_numpy_recount(trained, data)
 
 
 def test_plot_alignment_draws_a_positive_and_a_hard_negative_pair(trained, data, tmp_path):
-    _, workdir, _, _, _ = trained
+    _, workdir, _, _, _, _ = trained
     output = str(tmp_path / "alignment.png")
     drawn = plot_alignment(workdir, data[1], output, scores_output=str(tmp_path / "scores.json"))
     with open(output, "rb") as f:
@@ -324,7 +323,7 @@ def test_plot_alignment_draws_a_positive_and_a_hard_negative_pair(trained, data,
 
 @pytest.mark.slow
 def test_bin_plot_alignment_writes_a_png(trained, data, tmp_path):
-    _, workdir, _, _, _ = trained
+    _, workdir, _, _, _, _ = trained
     vid = sorted(read_planted_alignment(data[1]))[-1]
     output = str(tmp_path / "a.png")
     proc = subprocess.run([sys.executable, os.path.join(REPO_ROOT, "bin", "plot_alignment"), f"--workdir={workdir}",
@@ -333,3 +332,16 @@ def test_bin_plot_alignment_writes_a_png(trained, data, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"wrote {output}: video {vid}" in proc.stdout and "caption_to_clip_accuracy=" in proc.stdout
     assert os.path.getsize(output) > 10_000
+
+
+@pytest.mark.slow  # a fresh process imports TensorFlow and restores the model
+def test_bin_plot_alignment_unknown_video_is_one_line(trained, data, tmp_path):
+    _, workdir, _, _, _, _ = trained
+    output = str(tmp_path / "a.png")
+    proc = subprocess.run([sys.executable, os.path.join(REPO_ROOT, "bin", "plot_alignment"), f"--workdir={workdir}",
+                           f"--data={data[1]}", "--video_id=nope", f"--output={output}"], capture_output=True,
+                          text=True, timeout=600, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"))
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert errors == [f"error: --video_id=nope is not among the 12 videos of --data={data[1]}"]
+    assert "Traceback" not in proc.stderr and not os.path.exists(output)

@@ -15,6 +15,7 @@ import sys
 from absl import flags
 
 from vt_keras.cli import common
+from vt_keras.errors import ConfigError, DataError
 
 FLAGS = flags.FLAGS
 DEFAULT_METRICS = "gap_error,map_error,perr_error,hit_at_one_error"
@@ -30,18 +31,26 @@ def define_flags():
 
 
 def collect(workdirs, metrics_file):
-    from vt_keras.errors import DataError
-
+    """`{workdir: metrics dict}` of every workdir that `workdirs` (comma-separated, globs allowed) names."""
     rows = {}
-    for pattern in workdirs.split(","):
-        matches = sorted(glob.glob(pattern.strip())) or [pattern.strip()]
-        for workdir in matches:
+    patterns = [p.strip() for p in workdirs.split(",") if p.strip()]
+    if not patterns:
+        raise ConfigError(f"--workdirs={workdirs!r} names no workdir; expected workdirs or glob patterns")
+    for pattern in patterns:
+        for workdir in sorted(glob.glob(pattern)) or [pattern]:
             path = os.path.join(workdir, metrics_file)
-            if not os.path.exists(path):
+            if not os.path.isfile(path):
                 raise DataError(f"{path} does not exist; expected a workdir of a finished `train` "
                                 f"(or set --metrics_file)")
             with open(path) as f:
-                rows[workdir] = json.load(f)
+                try:
+                    metrics = json.load(f)
+                except json.JSONDecodeError as e:
+                    raise DataError(f"{path} is not valid JSON ({e}); expected the metrics a `train` or "
+                                    "`evaluate` run writes") from e
+            if not isinstance(metrics, dict):
+                raise DataError(f"{path} holds a {type(metrics).__name__}; expected a JSON object of metrics")
+            rows[workdir] = metrics
     return rows
 
 
@@ -68,7 +77,7 @@ def markdown_table(rows, keys):
 
 def main(argv):
     if len(argv) > 1:
-        raise common.ConfigError(f"unexpected arguments {argv[1:]}; flags take the form --name=value")
+        raise ConfigError(f"unexpected arguments {argv[1:]}; flags take the form --name=value")
     rows = collect(FLAGS.workdirs, FLAGS.metrics_file)
     keys = expand_keys([k.strip() for k in FLAGS.metrics.split(",") if k.strip()], rows)
     table = markdown_table(rows, keys)

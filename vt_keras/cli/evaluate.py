@@ -31,6 +31,7 @@ def define_flags():
 def main(argv):
     if len(argv) > 1:
         raise common.ConfigError(f"unexpected arguments {argv[1:]}; flags take the form --name=value")
+    # Imported here, not at the top: --help and flag errors answer without loading TensorFlow.
     from vt_keras.train import checkpoints, loop
 
     config = checkpoints.load_config(FLAGS.workdir)

@@ -19,10 +19,11 @@ When the records carry the planted ground truth (synthetic data), irrelevant
 captions are labelled red, shuffled ones orange, and circles mark the
 (clip, caption) pairs that show the same step. The binary also prints, over
 all of --data, the planted-alignment scores of the model
-(`vt_keras.tasks.retrieval_vt_twins.planted_alignment_scores`, when the
-records carry ground truth) and its retrieval metrics ranked by S2DTW rather
-than by pooled embeddings (`s2dtw_retrieval_metrics`), and writes them as
-JSON with --scores_output.
+(`vt_keras.metrics.alignment.planted_alignment_scores`, when the records
+carry ground truth) and its retrieval metrics ranked by S2DTW rather than by
+pooled embeddings (`s2dtw_retrieval_metrics`), and writes them as JSON with
+--scores_output. γ and θ are the model's `loss.vt_twins` values; a model
+trained with another loss is analysed with the paper's (`PAPER_ALIGNMENT`).
 """
 import json
 import sys
@@ -87,22 +88,26 @@ def _draw(fig, ax, matrix, weak, n, m, captions, kinds, match, title, cmap, labe
 
 def plot_alignment(workdir, pattern, output, video_id=None, scores_output=None):
     """Writes the alignment figure of one video of `pattern`; returns what it drew and the scores."""
+    # Imported here, not at the top: --help and flag errors answer without loading TensorFlow.
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from vt_keras.tasks.retrieval_vt_twins import (embed_sequences, pair_alignments, planted_alignment_scores,
-                                                   read_planted_alignment, s2dtw_retrieval_metrics)
+    from vt_keras.metrics.alignment import (PAPER_ALIGNMENT, pair_alignments, planted_alignment_scores,
+                                            s2dtw_retrieval_metrics)
+    from vt_keras.tasks.retrieval_vt_twins import read_planted_alignment
     from vt_keras.train import checkpoints, loop
 
     config = checkpoints.load_config(workdir)
-    if config.get("task") != "retrieval":
-        raise ConfigError(f"--workdir={workdir} holds a {config.get('task')!r} model; expected a retrieval model")
-    gamma, theta = float(config.loss.get("gamma", 0.1)), float(config.loss.get("theta", 0.5))
+    if config.task != "retrieval":
+        raise ConfigError(f"--workdir={workdir} holds a {config.task!r} model; expected a retrieval model")
+    alignment = dict(PAPER_ALIGNMENT)
+    if config.loss.name == "vt_twins":
+        alignment = dict(gamma=config.loss.vt_twins.gamma, theta=config.loss.vt_twins.theta)
     task, model = loop.restore_model(config, workdir)
     truth = read_planted_alignment(pattern)
-    embedded = embed_sequences(task, model, pattern)
+    embedded = task.embed_sequences(model, pattern)
     ids, captions, video, text = embedded["ids"], embedded["captions"], embedded["video"], embedded["text"]
     vlen, tlen = embedded["video_lengths"], embedded["text_lengths"]
     if len(ids) < 2:
@@ -111,10 +116,11 @@ def plot_alignment(workdir, pattern, output, video_id=None, scores_output=None):
     # S2DTW of this video's clips with every video's captions: the lowest other is the hardest negative.
     many = len(ids)
     _, scores, _ = pair_alignments(np.repeat(video[a:a + 1], many, 0), text, np.repeat(vlen[a:a + 1], many), tlen,
-                                   gamma, theta)
+                                   **alignment)
     others = np.delete(np.arange(many), a)
     b = int(others[np.argmin(scores[others])])
-    cost, value, align = pair_alignments(video[[a, a]], text[[a, b]], vlen[[a, a]], tlen[[a, b]], gamma, theta)
+    cost, value, align = pair_alignments(video[[a, a]], text[[a, b]], vlen[[a, a]], tlen[[a, b]], **alignment)
+    gamma, theta = alignment["gamma"], alignment["theta"]
 
     # A shared symmetric colour range fitted to both cost matrices: trained models often use a
     # narrow band of cosines, which a fixed [-1, 1] would wash out.
@@ -144,8 +150,8 @@ def plot_alignment(workdir, pattern, output, video_id=None, scores_output=None):
     fig.savefig(output, dpi=72)
     plt.close(fig)
 
-    scores = planted_alignment_scores(embedded, truth, gamma, theta)
-    scores.update(s2dtw_retrieval_metrics(embedded, gamma, theta))
+    scores = planted_alignment_scores(embedded, truth, **alignment)
+    scores.update(s2dtw_retrieval_metrics(embedded, **alignment))
     if scores_output:
         with open(scores_output, "w") as f:
             json.dump(scores, f, indent=2, sort_keys=True)

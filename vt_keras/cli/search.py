@@ -12,9 +12,11 @@ its score and the captions stored with it.
 """
 import sys
 
+import numpy as np
 from absl import flags
 
 from vt_keras.cli import common
+from vt_keras.errors import ConfigError, DataError
 
 FLAGS = flags.FLAGS
 SIGNATURES = ("embed_text", "embed_video", "model_info")
@@ -33,10 +35,9 @@ def define_flags():
 
 def load_export(export_dir):
     """The loaded SavedModel, checked for the retrieval signatures."""
+    # TensorFlow is imported where it is used, so that --help and flag errors answer at once.
     import tensorflow as tf
     import tensorflow_text  # noqa: F401  (registers the ops of the export's tokenizer)
-
-    from vt_keras.errors import DataError
 
     try:
         loaded = tf.saved_model.load(export_dir)
@@ -52,9 +53,7 @@ def load_export(export_dir):
 
 def detect_clip_encoding(files):
     """"float" or "quantized", from the first clip of the first record of `files`."""
-    import tensorflow as tf
-
-    from vt_keras.errors import DataError
+    import tensorflow as tf  # see load_export
 
     for path in files:
         for record in tf.data.TFRecordDataset(path).take(1):
@@ -73,11 +72,9 @@ def search(export_dir, pattern, query, top_k=5, batch_size=256, clip_encoding="a
 
     Also returns the number of videos searched: `(results, num_videos)`.
     """
-    import numpy as np
-    import tensorflow as tf
+    import tensorflow as tf  # see load_export
 
     from vt_keras.data.video_text import data_errors, video_text_dataset
-    from vt_keras.errors import ConfigError, DataError
 
     if not query or not query.strip():
         raise ConfigError("--query is empty; expected some words to search for")
@@ -112,7 +109,7 @@ def search(export_dir, pattern, query, top_k=5, batch_size=256, clip_encoding="a
 
 def main(argv):
     if len(argv) > 1:
-        raise common.ConfigError(f"unexpected arguments {argv[1:]}; flags take the form --name=value")
+        raise ConfigError(f"unexpected arguments {argv[1:]}; flags take the form --name=value")
     results, count = search(FLAGS.export_dir, FLAGS.data, FLAGS.query, FLAGS.top_k, FLAGS.batch_size,
                             FLAGS.clip_encoding)
     print(f"query {FLAGS.query!r}: top {len(results)} of {count} videos")

@@ -25,23 +25,16 @@ import keras
 from keras import ops
 
 from vt_keras.errors import ConfigError, DataError
+from vt_keras.ops import l2_normalize, masked_mean
 from vt_keras.text import TextTokenizer
 
 INPUT_KEYS = ("clips", "clip_mask", "captions", "caption_mask")
 TEXT_POOLINGS = ("mean", "transformer")
 
 
-def _l2_normalize(x):
-    x = ops.cast(x, "float32")  # norms in float32 under mixed precision
-    return x * ops.rsqrt(ops.sum(ops.square(x), axis=-1, keepdims=True) + 1e-12)
-
-
-def _masked_mean(x, mask, axis):
-    """Mean of `x` over `axis` where `mask` ([..] without the feature axis) is True."""
-    mask = ops.expand_dims(mask, -1)
-    total = ops.sum(ops.where(mask, x, ops.zeros_like(x)), axis=axis)
-    count = ops.sum(ops.cast(mask, x.dtype), axis=axis)
-    return total / ops.maximum(count, ops.ones_like(count))
+def _unit(x):
+    """L2-normalised in float32 (norms stay float32 under mixed precision)."""
+    return l2_normalize(ops.cast(x, "float32"))
 
 
 def _sinusoid_positions(length, width, dtype):
@@ -192,14 +185,15 @@ class DualEncoder(keras.Model):
             self.text_blocks = [_SelfAttentionBlock(num_heads, dropout, name="text_block", **kw)]
         self.text_output = keras.layers.Dense(embedding_dim, name="text_output", **kw)
         self.input_dropout = keras.layers.Dropout(dropout, **kw)
+        # Every weight's shape follows from the arguments: build now. A model built by its first
+        # call would record float32 input specs for its default SavedModel signature, which
+        # cannot take the string captions.
+        self.build()
 
     def build(self, input_shape=None):
-        clip_dim = None
-        if isinstance(input_shape, dict) and input_shape.get("clips") is not None:
-            clip_dim = input_shape["clips"][-1]
-        if clip_dim is not None and clip_dim != self.clip_dim:
-            raise ConfigError(f"DualEncoder: expected clips with clip_dim={self.clip_dim} "
-                              f"features, found {clip_dim}")
+        del input_shape  # the weights' shapes follow from the constructor's arguments
+        if self.built:  # built in __init__ already
+            return
         self.clip_projection.build((None, None, self.clip_dim))
         for layer in self.video_blocks + [self.video_output]:
             layer.build((None, None, self.embedding_dim))
@@ -210,6 +204,9 @@ class DualEncoder(keras.Model):
         self.built = True
 
     def _video_tower(self, clips, clip_mask, training=None):
+        if clips.shape[-1] is not None and clips.shape[-1] != self.clip_dim:
+            raise ConfigError(f"DualEncoder: expected clips with clip_dim={self.clip_dim} "
+                              f"features, found {clips.shape[-1]}")
         clip_mask = ops.cast(clip_mask, "bool")
         # Zero padded clips first: whatever they hold cannot reach a sum.
         clips = ops.where(clip_mask[..., None], ops.cast(clips, self.compute_dtype), 0.0)
@@ -219,8 +216,8 @@ class DualEncoder(keras.Model):
             for block in self.video_blocks:
                 x = block(x, mask=clip_mask, training=training)
         x = self.video_output(x)
-        sequence = ops.where(clip_mask[..., None], _l2_normalize(x), 0.0)
-        return sequence, clip_mask, _l2_normalize(_masked_mean(x, clip_mask, axis=1))
+        sequence = ops.where(clip_mask[..., None], _unit(x), 0.0)
+        return sequence, clip_mask, _unit(masked_mean(x, clip_mask, axis=1))
 
     def _text_tower(self, captions, caption_mask, training=None):
         caption_mask = ops.cast(caption_mask, "bool")
@@ -233,10 +230,10 @@ class DualEncoder(keras.Model):
             x = x + _sinusoid_positions(self.max_tokens, self.token_embedding_dim, x.dtype)
             for block in self.text_blocks:
                 x = block(x, mask=token_mask, training=training)
-        x = self.text_output(_masked_mean(x, token_mask, axis=1))
+        x = self.text_output(masked_mean(x, token_mask, axis=1))
         x = ops.reshape(x, (batch, num_captions, self.embedding_dim))
-        sequence = ops.where(caption_mask[..., None], _l2_normalize(x), 0.0)
-        return sequence, caption_mask, _l2_normalize(_masked_mean(x, caption_mask, axis=1))
+        sequence = ops.where(caption_mask[..., None], _unit(x), 0.0)
+        return sequence, caption_mask, _unit(masked_mean(x, caption_mask, axis=1))
 
     def call(self, inputs, training=None):
         missing = [k for k in INPUT_KEYS if not isinstance(inputs, dict) or k not in inputs]
@@ -263,7 +260,8 @@ class DualEncoder(keras.Model):
 
     def input_signature(self):
         """`tf.TensorSpec`s of `call`'s input dict (string captions, bool masks)."""
-        import tensorflow as tf  # serving only
+        # Imported here: models stay on `keras` alone; only this serving spec is TensorFlow's.
+        import tensorflow as tf
 
         return {"clips": tf.TensorSpec([None, None, self.clip_dim], tf.float32, "clips"),
                 "clip_mask": tf.TensorSpec([None, None], tf.bool, "clip_mask"),
@@ -277,19 +275,6 @@ class DualEncoder(keras.Model):
             input_signature = [self.input_signature()]
         return super().export(filepath, format=format, verbose=verbose,
                               input_signature=input_signature, **kwargs)
-
-    @property
-    def _default_save_signature(self):
-        # Keras would guess float32 for every input, captions included; a
-        # SavedModel export (`model.export`, `ExportArchive.track`) needs the
-        # real dtypes.
-        import tensorflow as tf  # serving only
-
-        @tf.function(input_signature=[self.input_signature()])
-        def serving_default(inputs):
-            return self(inputs)
-
-        return serving_default
 
     def get_config(self):
         config = super().get_config()

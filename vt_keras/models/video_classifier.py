@@ -1,127 +1,101 @@
-"""The YouTube-8M video classifier, assembled from a config.
+"""The YouTube-8M video classifier, assembled from `config.model`.
 
-`model.aggregator` picks how frames become one vector (`pool`, `netvlad`,
-`rnn` for attention clusters, `transformer`) and `model.fusion` how the two
-modalities meet:
+`model.aggregator` picks how frames become one vector and `model.fusion` how
+the two modalities meet (configs/yt8m/classifier.py chooses both after the
+file name):
 
-- `early`: frames of all features concatenated per time step, one aggregator.
-- `late`: one aggregator per feature, pooled vectors concatenated.
-- `cm_gated` (CM-G): the cross-modal aggregator, the other modality's
-  influence multiplied by the frozen correlation tower's probability.
+- `pool`: masked mean/max (`FramePooling`); `netvlad`: `NetVLAD` /
+  `CrossModalNetVLAD`; `transformer`: `TransformerEncoder` /
+  `CrossModalTransformerEncoder`.
+- `rnn`: the "attention RNN" of Goyal et al. in the attention-cluster form
+  of Long et al. that their experiments use (`AttentionClusters` /
+  `CrossModalAttentionClusters`). It runs no recurrent layer unless its
+  section sets `encoder` to "gru" or "lstm".
+
+- `early`: frames of all features concatenated per time step, one
+  aggregator (`model.early_aggregator`).
+- `late`: one aggregator per feature (`model.video_aggregator`,
+  `model.audio_aggregator`), pooled vectors concatenated.
+- `cm_gated` (CM-G): the cross-modal aggregator
+  (`model.cross_modal_aggregator`), the other modality's influence
+  multiplied by the frozen correlation tower's probability.
 - `cm_concat` (CM-C): the cross-modal aggregator, with the frozen tower's
   transformed *other*-modality signal concatenated to every frame of each
   modality (`model.cm_concat="other"`, the paper's Section 3: audio
   embedding to the video frames, video embedding to the audio frames), or
   both embeddings to both (`"both"`).
 
-The cm_* fusions need trained tower weights: `YT8MClassification.warm_start`
-copies them from `model.tower_workdir` into the `correlation_tower` layer,
-which is frozen (not trainable, always run with `training=False`).
+Each of those sections holds the constructor arguments of its layer and is
+passed on whole (`NetVLAD(**model.video_aggregator)`); the defaults live in
+the config file only. The cm_* fusions need trained tower weights:
+`YT8MClassification.warm_start` copies them from `model.tower_workdir` into
+the `correlation_tower` layer (`CorrelationTower(**model.tower)`), which is
+frozen (not trainable, always run with `training=False`).
 
 `model.branch_units > 0` gives each modality a learned frame embedding
 (a per-frame dense layer with ReLU) before the fusion, and
-`model.cka.weight = λ > 0` puts `vt_keras.layers.CKAAlignment` on those two
+`model.cka.weight = λ > 0` puts `CKAAlignment(**model.cka)` on those two
 embedding sequences (Yun et al.): `-λ · CKA(video, audio)` joins the loss and
 `cka` the training scalars. The correlation tower always sees the raw frames.
 
 The pooled vector goes through an optional hidden layer and context gating
-into a `MixtureOfExperts` head (the YouTube-8M MoE), optionally followed by
-context gating on the class probabilities, as the 2017 winners did.
+(`ContextGating(**model.context_gating)`) into a
+`MixtureOfExperts(num_classes, **model.moe)` head (the YouTube-8M MoE),
+optionally followed by context gating on the class probabilities, as the
+2017 winners did.
+
+Reference: Goyal et al., "Cross-modal Learning for Multi-modal Video
+Categorization", 2020.
 """
+import dataclasses
+
 import keras
 
 from vt_keras.errors import ConfigError
+from vt_keras.layers.alignment import CKAAlignment
+from vt_keras.layers.attention_clusters import AttentionClusters, CrossModalAttentionClusters
+from vt_keras.layers.correlation_tower import CorrelationTower
+from vt_keras.layers.cross_modal_attention import CrossModalTransformerEncoder, TransformerEncoder
+from vt_keras.layers.heads import ContextGating, MixtureOfExperts
+from vt_keras.layers.netvlad import CrossModalNetVLAD, NetVLAD
+from vt_keras.layers.pooling import FramePooling
 from vt_keras.registry import Registry
 
-AGGREGATORS = Registry("aggregator")
 FUSIONS = ("early", "late", "cm_gated", "cm_concat")
 CM_CONCAT_MODES = ("other", "both")
 TOWER_LAYER = "correlation_tower"
 CKA_LAYER = "cka_alignment"
+# The model section each fusion builds its aggregator(s) from.
+AGGREGATOR_SECTIONS = {"early": ("early_aggregator",), "late": ("video_aggregator", "audio_aggregator"),
+                       "cm_gated": ("cross_modal_aggregator",), "cm_concat": ("cross_modal_aggregator",)}
 
 
-def _kw(model_cfg, name):
-    sub = model_cfg.get(name, None)
-    return dict(sub) if sub is not None else {}
+@dataclasses.dataclass(frozen=True)
+class Aggregator:
+    """An entry of `AGGREGATORS`: the layer class over one stream and the cross-modal one (None: no such form)."""
+
+    single: type
+    cross: type = None
 
 
-@AGGREGATORS.register("pool")
-class _Pool:
-    cross_modal = False
-
-    @staticmethod
-    def single(cfg, modality, name):
-        from vt_keras.layers.pooling import FramePooling
-
-        return FramePooling(mode=_kw(cfg, "pool").get("mode", "mean_max"), name=name)
+AGGREGATORS = Registry("aggregator")
+AGGREGATORS.register("pool")(Aggregator(FramePooling))
+AGGREGATORS.register("netvlad")(Aggregator(NetVLAD, CrossModalNetVLAD))
+AGGREGATORS.register("rnn")(Aggregator(AttentionClusters, CrossModalAttentionClusters))
+AGGREGATORS.register("transformer")(Aggregator(TransformerEncoder, CrossModalTransformerEncoder))
 
 
-@AGGREGATORS.register("netvlad")
-class _NetVLAD:
-    @staticmethod
-    def single(cfg, modality, name):
-        from vt_keras.layers.netvlad import NetVLAD
-
-        kw = _kw(cfg, "netvlad")
-        clusters = kw.get("video_clusters", 128) if modality == 0 else kw.get("audio_clusters", 64)
-        return NetVLAD(num_clusters=clusters, name=name)
-
-    @staticmethod
-    def cross(cfg, name):
-        from vt_keras.layers.netvlad import CrossModalNetVLAD
-
-        kw = _kw(cfg, "netvlad")
-        return CrossModalNetVLAD(video_clusters=kw.get("video_clusters", 128),
-                                 audio_clusters=kw.get("audio_clusters", 64), name=name)
-
-
-@AGGREGATORS.register("rnn")
-class _AttentionClusters:
-    @staticmethod
-    def single(cfg, modality, name):
-        from vt_keras.layers.attention_clusters import AttentionClusters
-
-        kw = _kw(cfg, "rnn")
-        clusters = kw.get("video_clusters", 8) if modality == 0 else kw.get("audio_clusters", 8)
-        return AttentionClusters(num_clusters=clusters, encoder=kw.get("encoder", None),
-                                 encoder_units=kw.get("encoder_units", 128), name=name)
-
-    @staticmethod
-    def cross(cfg, name):
-        from vt_keras.layers.attention_clusters import CrossModalAttentionClusters
-
-        kw = _kw(cfg, "rnn")
-        return CrossModalAttentionClusters(
-            video_clusters=kw.get("video_clusters", 8), audio_clusters=kw.get("audio_clusters", 8),
-            encoder=kw.get("encoder", None), encoder_units=kw.get("encoder_units", 128),
-            transform=kw.get("transform", "conv"), transform_kernel_size=kw.get("transform_kernel_size", 5),
-            name=name)
-
-
-@AGGREGATORS.register("transformer")
-class _Transformer:
-    @staticmethod
-    def _args(cfg):
-        kw = _kw(cfg, "transformer")
-        return dict(num_layers=kw.get("num_layers", 2), num_heads=kw.get("num_heads", 4),
-                    key_dim=kw.get("key_dim", 64), intermediate_dim=kw.get("intermediate_dim", 512),
-                    dropout=kw.get("dropout", 0.1), pooling=kw.get("pooling", "mean"))
-
-    @classmethod
-    def single(cls, cfg, modality, name):
-        from vt_keras.layers.cross_modal_attention import TransformerEncoder
-
-        return TransformerEncoder(**cls._args(cfg), name=name)
-
-    @classmethod
-    def cross(cls, cfg, name):
-        from vt_keras.layers.cross_modal_attention import CrossModalTransformerEncoder
-
-        return CrossModalTransformerEncoder(**cls._args(cfg), name=name)
+def _section(model_cfg, key):
+    """`model_cfg[key]` as keyword arguments; a missing section names the variant that has it."""
+    if key not in model_cfg:
+        raise ConfigError(f"model.{key} is missing for model.aggregator={model_cfg['aggregator']!r}, "
+                          f"model.fusion={model_cfg['fusion']!r}; expected the config of that variant "
+                          f"(configs/yt8m/classifier.py:aggregator={model_cfg['aggregator']},fusion={model_cfg['fusion']})")
+    return dict(model_cfg[key])
 
 
 def build_correlation_tower(model_cfg, frozen=False, name=TOWER_LAYER):
-    """The `CorrelationTower` of `model_cfg.tower` (shared by the tower task and the cm_* fusions).
+    """`CorrelationTower(**model_cfg.tower)` (shared by the tower task and the cm_* fusions).
 
     `frozen=True` gives the classifier's copy: not trainable and without
     dropout. A functional model passes its own `training` flag to every
@@ -129,9 +103,7 @@ def build_correlation_tower(model_cfg, frozen=False, name=TOWER_LAYER):
     classifier trains; dropout has no weights, so the trained tower's weights
     load into this copy unchanged.
     """
-    from vt_keras.layers.correlation_tower import CorrelationTower
-
-    kw = _kw(model_cfg, "tower")
+    kw = _section(model_cfg, "tower")
     if frozen:
         kw["dropout"] = 0.0
     tower = CorrelationTower(**kw, name=name)
@@ -143,8 +115,8 @@ def build_tower_model(model_cfg, features, max_frames=None):
     """The correlation tower as a model over two independently masked tracks.
 
     Args:
-        model_cfg: `config.model`; `model_cfg.tower` holds the tower's
-            hyperparameters.
+        model_cfg: `config.model`; `model_cfg.tower` holds the
+            `CorrelationTower` arguments.
         features: `(video_name, dim), (audio_name, dim)`.
         max_frames: the padded time length T (None: any).
 
@@ -153,6 +125,9 @@ def build_tower_model(model_cfg, features, max_frames=None):
         "video_mask": [B, T], "audio_mask": [B, T]}` and returning the tower's
         dict (`probability` `[B]`, `video_embedding`, `audio_embedding`,
         `embedding`). Separate masks let the audio come from another video.
+
+    Example:
+    >>> model = build_tower_model(config.model, (("rgb", 1024), ("audio", 128)), max_frames=300)
     """
     if len(features) != 2:
         raise ConfigError(f"the correlation tower needs exactly two features (video, audio); "
@@ -172,13 +147,22 @@ def cross_modal_inputs(model_cfg, tower_out, video, audio):
     """What the cross-modal aggregator receives: `(video, audio, correlation)`.
 
     CM-G passes the frames unchanged and the tower's probability as the gate.
-    CM-C concatenates the tower's embeddings to every frame (see the module
-    docstring) and passes no gate. Works on symbolic and eager tensors.
+    CM-C concatenates the tower's embeddings to every frame (`model.cm_concat`,
+    see the module docstring) and passes no gate. Works on symbolic and eager
+    tensors.
+
+    Args:
+        model_cfg: `config.model` of a cm_* variant (`fusion`, and
+            `cm_concat` for CM-C).
+        tower_out: the `CorrelationTower`'s output dict.
+        video: frames `[B, T, Dv]`; audio: frames `[B, T, Da]`.
+
+    Returns:
+        `(video [B, T, Dv'], audio [B, T, Da'], correlation [B] or None)`.
     """
-    fusion = model_cfg.get("fusion", "late")
-    if fusion == "cm_gated":
+    if model_cfg["fusion"] == "cm_gated":
         return video, audio, tower_out["probability"]
-    mode = model_cfg.get("cm_concat", "other")
+    mode = model_cfg["cm_concat"]
     if mode not in CM_CONCAT_MODES:
         raise ConfigError(f"model.cm_concat={mode!r} is unknown; expected one of {', '.join(CM_CONCAT_MODES)}")
     if mode == "other":
@@ -189,10 +173,12 @@ def cross_modal_inputs(model_cfg, tower_out, video, audio):
 
 
 def build_video_classifier(model_cfg, features, num_classes, max_frames):
-    """Builds the functional classifier.
+    """Builds the functional classifier of one config variant.
 
     Args:
-        model_cfg: the `config.model` ConfigDict (aggregator, fusion, head...).
+        model_cfg: the `config.model` ConfigDict of a
+            configs/yt8m/classifier.py variant (switches and the sections of
+            the layers it builds; see the module docstring).
         features: sequence of `(name, dim)` frame features; the cross-modal
             fusions need exactly two (video first, audio second).
         num_classes: number of output classes.
@@ -201,85 +187,84 @@ def build_video_classifier(model_cfg, features, num_classes, max_frames):
     Returns:
         A `keras.Model` taking `{feature: [B, T, dim], "mask": [B, T] bool}`
         and returning class probabilities `[B, num_classes]`.
-    """
-    from vt_keras.layers.heads import ContextGating, MixtureOfExperts
 
-    fusion = model_cfg.get("fusion", "late")
+    Example:
+    >>> config = load_config_file("configs/yt8m/classifier.py:aggregator=netvlad")
+    >>> model = build_video_classifier(config.model, config.data.features, 3862, 300)
+    """
+    fusion, name = model_cfg["fusion"], model_cfg["aggregator"]
     if fusion not in FUSIONS:
         raise ConfigError(f"model.fusion={fusion!r} is unknown; expected one of {', '.join(FUSIONS)}")
-    agg = AGGREGATORS.get(model_cfg.get("aggregator", "pool"), key="model.aggregator")
-    inputs = {name: keras.Input((max_frames, dim), name=name) for name, dim in features}
+    agg = AGGREGATORS.get(name, key="model.aggregator")
+    if fusion.startswith("cm_"):
+        if len(features) != 2:
+            raise ConfigError(f"model.fusion={fusion!r} needs exactly two features (video, audio); "
+                              f"data.features has {len(features)}")
+        if agg.cross is None:
+            raise ConfigError(f"model.aggregator={name!r} has no cross-modal form; "
+                              "use netvlad, rnn or transformer with a cm_* fusion")
+    elif fusion == "late" and len(features) > 2:
+        raise ConfigError(f"model.fusion='late' has one aggregator per stream (video, audio); "
+                          f"data.features has {len(features)}")
+    sections = [_section(model_cfg, key) for key in AGGREGATOR_SECTIONS[fusion]]
+    inputs = {feature: keras.Input((max_frames, dim), name=feature) for feature, dim in features}
     inputs["mask"] = keras.Input((max_frames,), dtype="bool", name="mask")
     mask = inputs["mask"]
-    raw = [inputs[name] for name, _ in features]
-    frames = _branches(model_cfg, features, raw, mask, fusion)
+    raw = [inputs[feature] for feature, _ in features]
+    frames = _branches(model_cfg, features, raw, mask)
 
     if fusion == "early":
         x = frames[0] if len(frames) == 1 else keras.layers.Concatenate(axis=-1)(frames)
-        pooled = agg.single(model_cfg, 0, "early_aggregator")(x, mask=mask)
+        pooled = agg.single(**sections[0], name="early_aggregator")(x, mask=mask)
     elif fusion == "late":
-        pooled = [agg.single(model_cfg, i, f"{name}_aggregator")(x, mask=mask)
-                  for i, ((name, _), x) in enumerate(zip(features, frames))]
+        pooled = [agg.single(**kw, name=f"{feature}_aggregator")(x, mask=mask)
+                  for kw, (feature, _), x in zip(sections, features, frames)]
         pooled = pooled[0] if len(pooled) == 1 else keras.layers.Concatenate(axis=-1)(pooled)
     else:
-        if len(frames) != 2:
-            raise ConfigError(f"model.fusion={fusion!r} needs exactly two features (video, audio); "
-                              f"data.features has {len(frames)}")
-        if not hasattr(agg, "cross"):
-            raise ConfigError(f"model.aggregator={model_cfg.aggregator!r} has no cross-modal form; "
-                              "use netvlad, rnn or transformer with a cm_* fusion")
         tower = build_correlation_tower(model_cfg, frozen=True)
         tower_out = tower((raw[0], raw[1]), mask=(mask, mask))
         video, audio, correlation = cross_modal_inputs(model_cfg, tower_out, frames[0], frames[1])
-        pooled = agg.cross(model_cfg, "cross_modal_aggregator")((video, audio), mask=(mask, mask),
-                                                                correlation=correlation)
+        pooled = agg.cross(**sections[0], name="cross_modal_aggregator")((video, audio), mask=(mask, mask),
+                                                                          correlation=correlation)
 
     x = pooled
-    hidden = model_cfg.get("hidden_size", 0)
-    if hidden:
+    if model_cfg["hidden_size"]:
         # No bias: the batch norm's beta takes its place. A bias before a batch norm has an
         # analytically zero gradient, so Adam would turn float rounding noise into steps.
-        x = keras.layers.Dense(hidden, use_bias=False, name="hidden")(x)
+        x = keras.layers.Dense(model_cfg["hidden_size"], use_bias=False, name="hidden")(x)
         # Synchronized so that N replicas normalise like one device on the global batch.
         x = keras.layers.BatchNormalization(synchronized=True, name="hidden_bn")(x)
         x = keras.layers.ReLU(name="hidden_relu")(x)
-    if model_cfg.get("dropout", 0.0):
-        x = keras.layers.Dropout(model_cfg.dropout, name="dropout")(x)
-    if model_cfg.get("input_context_gating", False):
-        x = ContextGating(name="input_context_gating")(x)
-    probs = MixtureOfExperts(num_classes, num_mixtures=model_cfg.get("moe_mixtures", 2),
-                             l2_penalty=model_cfg.get("moe_l2", 1e-8), name="moe")(x)
-    if model_cfg.get("output_context_gating", False):
-        probs = ContextGating(name="output_context_gating")(probs)
-    return keras.Model(inputs, probs, name=f"{model_cfg.get('aggregator', 'pool')}_{fusion}")
+    if model_cfg["dropout"]:
+        x = keras.layers.Dropout(model_cfg["dropout"], name="dropout")(x)
+    gating = _section(model_cfg, "context_gating")
+    if model_cfg["input_context_gating"]:
+        x = ContextGating(**gating, name="input_context_gating")(x)
+    probs = MixtureOfExperts(num_classes, **_section(model_cfg, "moe"), name="moe")(x)
+    if model_cfg["output_context_gating"]:
+        probs = ContextGating(**gating, name="output_context_gating")(probs)
+    return keras.Model(inputs, probs, name=f"{name}_{fusion}")
 
 
-def _branches(model_cfg, features, frames, mask, fusion):
+def _branches(model_cfg, features, frames, mask):
     """Per-modality frame embeddings (`model.branch_units`) and their CKA alignment (`model.cka`)."""
-    units = int(model_cfg.get("branch_units", 0) or 0)
+    units = model_cfg["branch_units"]
     if units < 0:
         raise ConfigError(f"model.branch_units={units}: expected >= 0 (0: the aggregators see the raw frames)")
     if units:
-        frames = [keras.layers.Dense(units, activation="relu", name=f"{name}_branch")(x)
-                  for (name, _), x in zip(features, frames)]
-    cka_cfg = _kw(model_cfg, "cka")
-    weight = float(cka_cfg.get("weight", 0.0) or 0.0)
-    if weight < 0:
-        raise ConfigError(f"model.cka.weight={weight}: expected >= 0 (0 turns CKA alignment off)")
-    if weight == 0:
+        frames = [keras.layers.Dense(units, activation="relu", name=f"{feature}_branch")(x)
+                  for (feature, _), x in zip(features, frames)]
+    cka = _section(model_cfg, "cka")
+    if cka["weight"] < 0:
+        raise ConfigError(f"model.cka.weight={cka['weight']}: expected >= 0 (0 turns CKA alignment off)")
+    if cka["weight"] == 0:
         return frames
     if len(frames) != 2:
         raise ConfigError(f"model.cka aligns two branches (video, audio); data.features has {len(frames)}")
     if not units:
         raise ConfigError("model.cka.weight > 0 aligns the learned frame embeddings of the two branches; "
                           "set model.branch_units (e.g. 256): the raw features have no weights to align")
-    from vt_keras.layers.alignment import CKAAlignment
-
-    num_samples = int(cka_cfg.get("num_samples", 0) or 0) or None
-    video, audio = CKAAlignment(weight=weight, num_samples=num_samples, kernel=cka_cfg.get("kernel", "linear"),
-                                debiased=bool(cka_cfg.get("debiased", False)),
-                                rbf_threshold=float(cka_cfg.get("rbf_threshold", 1.0)),
-                                name=CKA_LAYER)((frames[0], frames[1]), mask=(mask, mask))
+    video, audio = CKAAlignment(**cka, name=CKA_LAYER)((frames[0], frames[1]), mask=(mask, mask))
     return [video, audio]
 
 

@@ -34,8 +34,10 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
+from vt_keras.data.cka_synthetic import make_pairs, train_dataset
 from vt_keras.errors import ConfigError
 from vt_keras.losses.cka import cka
+from vt_keras.tasks.yt8m import track_weights_by_path
 from vt_keras.train.task import TASKS, Task
 
 METHODS = ("cos_only", "cka_only", "cos_cka")
@@ -92,7 +94,7 @@ def build_encoders(dim, hidden_units=(32, 32, 32), bn_momentum=0.9, output_cente
 
 
 def pair_cosine(x, y, epsilon=1e-12):
-    """Cosine similarity of row i of `x` with row i of `y`, in float32.
+    """Cosine similarity of row i of `x` with row i of `y`, in float32 (float64 inputs stay float64).
 
     Args:
         x: `[N, d]`.
@@ -100,12 +102,14 @@ def pair_cosine(x, y, epsilon=1e-12):
         epsilon: added under the square roots of the norms.
 
     Returns:
-        `[N]` float32.
+        `[N]` float32 (float64 when both inputs are float64).
 
     Example:
     >>> pair_cosine(np.eye(2), np.ones((2, 2)))  # ≈ [0.7071, 0.7071]
     """
-    x, y = ops.cast(x, "float32"), ops.cast(y, "float32")
+    x, y = ops.convert_to_tensor(x), ops.convert_to_tensor(y)
+    dtype = "float64" if x.dtype == y.dtype == "float64" else "float32"
+    x, y = ops.cast(x, dtype), ops.cast(y, dtype)
     # sqrt(Σx² + ε) keeps the gradient finite for an all-zero row.
     norms = ops.sqrt(ops.sum(ops.square(x), axis=-1) + epsilon) * ops.sqrt(ops.sum(ops.square(y), axis=-1) + epsilon)
     return ops.sum(x * y, axis=-1) / norms
@@ -158,42 +162,34 @@ class CKASynthetic(Task):
         if config.method not in METHODS:
             raise ConfigError(f"method must be one of {METHODS}; got {config.method!r}")
         self.method = config.method
+        self._forward = None  # (model, its inference tf.function), see embed
 
     def pairs(self):
-        from vt_keras.data.cka_synthetic import make_pairs
-
         d = self.config.data
-        return make_pairs(num_train=int(d.num_train), num_heldout=int(d.num_heldout), dim=int(d.dim),
-                          num_components=int(d.num_components), pairing=str(d.pairing), seed=int(d.seed))
+        return make_pairs(num_train=d.num_train, num_heldout=d.num_heldout, dim=d.dim,
+                          num_components=d.num_components, pairing=d.pairing, seed=d.seed)
 
     def build_model(self):
-        from vt_keras.tasks.yt8m import track_weights_by_path
-
-        m = self.config.model
-        model = build_encoders(int(self.config.data.dim), tuple(m.hidden_units), float(m.bn_momentum),
-                               bool(m.output_center))
-        return track_weights_by_path(model)
+        """`build_encoders(data.dim, **model)`."""
+        return track_weights_by_path(build_encoders(self.config.data.dim, **self.config.model))
 
     def train_dataset(self, input_context):
-        from vt_keras.data.cka_synthetic import train_dataset
-
         per_replica = input_context.get_per_replica_batch_size(int(self.config.train.batch_size))
         return train_dataset(self.pairs()["train"], per_replica, seed=self.data_seed, input_context=input_context)
 
     @tf.autograph.experimental.do_not_convert
     def loss_fn(self, model, batch, ctx):
         out = model({"a": batch["a"], "b": batch["b"]}, training=True)
-        return method_loss(self.method, out["a"], out["b"], ctx, float(self.config.loss.cka_weight))
+        return method_loss(self.method, out["a"], out["b"], ctx, self.config.loss.cka_weight)
 
     def embed(self, model, samples):
         """`(emb_a, emb_b)` numpy float64 embeddings of `samples` in inference mode."""
-        if getattr(self, "_forward_of", None) is not model:
-            spec = tf.TensorSpec([None, int(self.config.data.dim)], tf.float32)
-            self._forward = tf.function(lambda a, b: model({"a": a, "b": b}, training=False),
-                                        input_signature=(spec, spec))
-            self._forward_of = model
-        size = int(self.config.get("eval", {}).get("batch_size", 4096))
-        parts = [self._forward(samples.a[i:i + size], samples.b[i:i + size]) for i in range(0, len(samples.a), size)]
+        if self._forward is None or self._forward[0] is not model:
+            spec = tf.TensorSpec([None, self.config.data.dim], tf.float32)
+            self._forward = (model, tf.function(lambda a, b: model({"a": a, "b": b}, training=False),
+                                                input_signature=(spec, spec)))
+        forward, size = self._forward[1], self.config.eval.batch_size
+        parts = [forward(samples.a[i:i + size], samples.b[i:i + size]) for i in range(0, len(samples.a), size)]
         return tuple(np.concatenate([np.asarray(p[key], np.float64) for p in parts]) for key in ("a", "b"))
 
     def evaluate(self, model, pattern="", **kwargs):
@@ -205,11 +201,11 @@ class CKASynthetic(Task):
         results = {}
         for prefix, split in (("", "heldout"), ("train_", "train")):
             emb_a, emb_b = self.embed(model, pairs[split])
-            results[f"{prefix}cosine"] = _mean_cosine(emb_a, emb_b)
-            results[f"{prefix}cka"] = _linear_cka(emb_a, emb_b)
+            results[f"{prefix}cosine"] = float(ops.mean(pair_cosine(emb_a, emb_b)))
+            results[f"{prefix}cka"] = float(cka(emb_a, emb_b))  # linear, biased, in float64
             if split == "heldout":
                 # Another pair's B: the chance level of the cosine.
-                results["cosine_mismatched"] = _mean_cosine(emb_a, np.roll(emb_b, 1, axis=0))
+                results["cosine_mismatched"] = float(ops.mean(pair_cosine(emb_a, np.roll(emb_b, 1, axis=0))))
         return results
 
     def export(self, model, export_dir):
@@ -234,26 +230,13 @@ class CKASynthetic(Task):
                 curves[method][key] = [start[key]] + [scalars[f"eval/{key}"][s] for s in steps]
         with open(os.path.join(workdir, CURVES_JSON), "w") as f:
             json.dump(curves, f, indent=1, sort_keys=True)
-        warmup = int(self.config.train.get("cka_warmup_steps", 0))
-        plot_curves(curves, os.path.join(workdir, CURVES_PNG), warmup_steps=warmup,
-                    cka_weight=float(self.config.loss.cka_weight), pairing=str(self.config.data.pairing))
+        plot_curves(curves, os.path.join(workdir, CURVES_PNG), warmup_steps=self.config.train.cka_warmup_steps,
+                    cka_weight=self.config.loss.cka_weight, pairing=self.config.data.pairing)
         return curves
 
     def summary_line(self, metrics):
         keys = ("cosine", "cka", "cosine_mismatched", "train_cosine", "train_cka")
         return " ".join(f"{k}={metrics[k]:.4f}" for k in keys if k in metrics)
-
-
-def _mean_cosine(x, y):
-    norms = np.sqrt(np.sum(x * x, axis=1) + 1e-12) * np.sqrt(np.sum(y * y, axis=1) + 1e-12)
-    return float(np.mean(np.sum(x * y, axis=1) / norms))
-
-
-def _linear_cka(x, y):
-    """Biased linear CKA in float64 numpy (the feature form of `vt_keras.losses.cka`)."""
-    x, y = x - x.mean(axis=0), y - y.mean(axis=0)
-    denominator = np.linalg.norm(x.T @ x) * np.linalg.norm(y.T @ y)
-    return float(np.sum(np.square(y.T @ x)) / denominator) if denominator > 0 else 0.0
 
 
 def read_eval_scalars(logdir):
@@ -281,6 +264,7 @@ def plot_curves(curves, path, warmup_steps=0, cka_weight=0.1, pairing="structure
     Solid lines: held-out pairs; dashed: training pairs; dotted (top): held-out
     A with another pair's B, the level reached without the correspondence.
     """
+    # Imported here: every binary imports the tasks, and only this plot needs matplotlib.
     import matplotlib
 
     matplotlib.use("Agg")

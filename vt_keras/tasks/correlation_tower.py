@@ -26,9 +26,15 @@ another category the tower calls uncorrelated.
 import json
 import os
 
+import keras
 import numpy as np
 import tensorflow as tf
 
+from vt_keras.data import yt8m
+from vt_keras.data.taxonomy import Taxonomy
+from vt_keras.errors import DataError
+from vt_keras.layers.correlation_tower import correlation_metrics, weighted_binary_crossentropy
+from vt_keras.models.video_classifier import build_tower_model
 from vt_keras.tasks.yt8m import YT8MClassification, track_weights_by_path
 from vt_keras.train.task import TASKS
 
@@ -74,6 +80,7 @@ class CorrelationTowerTask(YT8MClassification):
     def __init__(self, config):
         super().__init__(config)
         self._top_matrix = _UNSET
+        self._forward = None  # (model, its evaluation tf.function), see _eval_forward
 
     @property
     def video_name(self):
@@ -85,21 +92,20 @@ class CorrelationTowerTask(YT8MClassification):
 
     @property
     def negative_weight(self):
-        return float(self.config.get("loss", {}).get("negative_weight", 2.0))
+        return self.config.loss.negative_weight
+
+    def warm_start(self, model):
+        """Nothing to load: the tower is what the cm_* classifiers warm-start from."""
+        del model
 
     def build_model(self):
-        from vt_keras.models.video_classifier import build_tower_model
-
         self.top_levels()  # read the taxonomy here, not while a step function is traced
         return track_weights_by_path(build_tower_model(self.config.model, self.features, self.max_frames))
 
     def top_levels(self):
         """The class → top-level matrix from `data.taxonomy` ("auto": beside the training files), or None."""
         if self._top_matrix is _UNSET:
-            from vt_keras.data.taxonomy import Taxonomy
-            from vt_keras.errors import DataError
-
-            path = self.config.data.get("taxonomy", "auto")
+            path = self.config.data.taxonomy
             if path == "auto":
                 path = os.path.join(os.path.dirname(self.config.data.train_pattern.split(",")[0]), "taxonomy.json")
                 path = path if tf.io.gfile.exists(path) else ""
@@ -125,8 +131,6 @@ class CorrelationTowerTask(YT8MClassification):
         return positive, negative, negative_pairs(batch["id"], top, shift)
 
     def loss_fn(self, model, batch, ctx):
-        from vt_keras.layers.correlation_tower import weighted_binary_crossentropy
-
         size = tf.shape(batch["mask"])[0]
         # A shift in [1, B-1] drawn from the step: reproducible, new pairs each step.
         seed = tf.stack([tf.cast(self.config.seed, tf.int64), tf.cast(ctx.step, tf.int64)])
@@ -145,10 +149,9 @@ class CorrelationTowerTask(YT8MClassification):
 
     def _eval_forward(self, model):
         """One `tf.function` per model (periodic evaluations reuse its trace)."""
-        cached = getattr(self, "_forward", None)
-        if cached is not None and cached[0] is model:
-            return cached[1]
-        shifts = [int(s) for s in self.config.get("eval", {}).get("negative_shifts", (1,))]
+        if self._forward is not None and self._forward[0] is model:
+            return self._forward[1]
+        shifts = [int(s) for s in self.config.eval.negative_shifts]
         self.top_levels()
 
         @tf.function(reduce_retracing=True)
@@ -167,10 +170,8 @@ class CorrelationTowerTask(YT8MClassification):
 
     def score_pairs(self, model, pattern):
         """Deterministic validation pairs: `(ids, p_positive, p_negative)` numpy arrays."""
-        batch_size = int(self.config.get("eval", {}).get("batch_size", 256))
+        batch_size = self.config.eval.batch_size
         forward = self._eval_forward(model)
-        from vt_keras.data import yt8m
-
         ids, pos, neg = [], [], []
         for batch in yt8m.iterate(self.dataset(pattern, batch_size, training=False)):
             p_pos, p_neg = forward(batch)
@@ -180,8 +181,6 @@ class CorrelationTowerTask(YT8MClassification):
         return np.array(ids), np.concatenate(pos), np.concatenate(neg)
 
     def evaluate(self, model, pattern, **kwargs):
-        from vt_keras.layers.correlation_tower import correlation_metrics
-
         ids, pos, neg = self.score_pairs(model, pattern)
         y = np.concatenate([np.ones(len(pos)), np.zeros(len(neg))])
         results = correlation_metrics(y, np.concatenate([pos, neg]))
@@ -199,10 +198,6 @@ class CorrelationTowerTask(YT8MClassification):
 
     def export(self, model, export_dir):
         """SavedModel: `serving_default(example_bytes)` → `video_id`, `probability` of its own tracks."""
-        import keras
-
-        from vt_keras.data import yt8m
-
         names = (self.video_name, self.audio_name)
         archive = keras.export.ExportArchive()
         archive.track(model)

@@ -8,16 +8,17 @@ and its captions the same way (pooled, `training=False`) and reports
 text→video and video→text R@1/5/10 (percent), MedR and MnR
 (`vt_keras.metrics.retrieval`).
 
-Losses are entries of `RETRIEVAL_LOSSES`. An entry is a function
-`(outputs, batch, ctx, loss_config) -> scalar` that returns the loss over the
-*global* batch (gathering with `ctx.gather`); `outputs` is the `DualEncoder`'s
-output dict, `batch` the parsed records, `ctx` the loop's `StepContext`. A new
-loss plugs in with `@RETRIEVAL_LOSSES.register("name")`. An entry with state
-(CrossCLR's queue) also has an attribute `make_state(config)`: the task calls
-it in `build_model` (inside `strategy.scope()`), passes the result to the
-entry as `state=` and checkpoints it through `trackables()`. With
-`loss.cka_weight = w > 0` the task adds `-w · CKA(video, text)` of the pooled
-embeddings over the global batch (Yun et al., LREC 2022) and reports `cka`.
+Losses are entries of `RETRIEVAL_LOSSES`: subclasses of `RetrievalLoss`,
+made once per task from the whole config. An entry checks its keys of
+`config.loss` when it is made (so a bad setting fails before any training),
+creates the variables it owns (CrossCLR's queue) in `build`, which the task
+calls in `build_model` inside `strategy.scope()` and checkpoints through
+`trackables()`, and returns the loss over the *global* batch (gathering with
+`ctx.gather`) when called on the `DualEncoder`'s output dict, the parsed
+records and the loop's `StepContext`. A new loss plugs in with
+`@RETRIEVAL_LOSSES.register("name")`. With `loss.cka_weight = w > 0` the task
+adds `-w · CKA(video, text)` of the pooled embeddings over the global batch
+(Yun et al., LREC 2022; `cka(**loss.cka)`) and reports `cka`.
 
 Vocabulary. `prepare_config` (run by `bin/train` before the config is saved)
 builds the word vocabulary from the training captions unless
@@ -33,7 +34,7 @@ SavedModel export carries the vocabulary itself.
 Example:
 
 ```python
-config = get_config()  # configs/retrieval/info_nce.py
+config = load_config_file("configs/retrieval/info_nce.py")
 RetrievalTask.prepare_config(config)
 results, model = vt_keras.train.loop.train(config, "runs/info_nce")
 results["t2v/R@1"]
@@ -47,9 +48,19 @@ import tempfile
 import numpy as np
 import tensorflow as tf
 
+from vt_keras.data import video_text_synthetic
+from vt_keras.data.synthetic import default_cache_dir
+from vt_keras.data.video_text import data_errors, read_captions, video_text_dataset
 from vt_keras.errors import ConfigError, DataError
+from vt_keras.export_retrieval import export_dual_encoder
+from vt_keras.losses.cka import cka
+from vt_keras.losses.contrastive import info_nce
+from vt_keras.metrics.retrieval import retrieval_metrics
+from vt_keras.models.dual_encoder import INPUT_KEYS, DualEncoder
 from vt_keras.registry import Registry
-from vt_keras.train.task import TASKS, Task
+from vt_keras.tasks.yt8m import track_weights_by_path
+from vt_keras.text import build_vocabulary, load_vocabulary, save_vocabulary
+from vt_keras.train.task import TASKS, Task, fill_default_data
 
 TASK_NAME = "retrieval"
 DEFAULT_DATASET = "video_text_synthetic_v1"
@@ -57,14 +68,50 @@ VOCABULARY_DIR = "vocabularies"
 RETRIEVAL_LOSSES = Registry("retrieval loss")
 
 
-@RETRIEVAL_LOSSES.register("info_nce")
-def info_nce_loss(outputs, batch, ctx, loss_config):
-    """Symmetric InfoNCE (CLIP) of the pooled video and text embeddings, global batch."""
-    from vt_keras.losses.contrastive import info_nce
+class RetrievalLoss:
+    """An entry of `RETRIEVAL_LOSSES`: a contrastive loss of the `DualEncoder`'s outputs.
 
-    del batch
-    return info_nce(outputs["video"], outputs["text"],
-                    temperature=float(loss_config.get("temperature", 0.05)), gather=ctx.gather)
+    Args:
+        config: the whole config; an entry reads `config.loss` (its section
+            named after it) and checks those keys here.
+
+    Call: `loss(outputs, batch, ctx) → scalar`, float32, the loss over the
+    global batch (the same on every replica): `outputs` is the
+    `DualEncoder`'s dict, `batch` the parsed records, `ctx` the loop's
+    `StepContext` (`ctx.gather` gives the global batch).
+
+    Example:
+
+    ```python
+    @RETRIEVAL_LOSSES.register("my_loss")
+    class MyLoss(RetrievalLoss):
+        def __call__(self, outputs, batch, ctx):
+            return my_loss(ctx.gather(outputs["video"]), ctx.gather(outputs["text"]))
+    ```
+    """
+
+    def __init__(self, config):
+        self.config = config
+
+    def build(self):
+        """Creates the variables the loss owns (called inside `strategy.scope()`).
+
+        Returns:
+            A trackable to checkpoint with the run (a `tf.Module`), or None.
+        """
+        return None
+
+    def __call__(self, outputs, batch, ctx):
+        raise NotImplementedError
+
+
+@RETRIEVAL_LOSSES.register("info_nce")
+class InfoNCE(RetrievalLoss):
+    """Symmetric InfoNCE (CLIP) of the pooled video and text embeddings: `info_nce(**loss.info_nce)`."""
+
+    def __call__(self, outputs, batch, ctx):
+        del batch
+        return info_nce(outputs["video"], outputs["text"], gather=ctx.gather, **self.config.loss.info_nce)
 
 
 def ensure_default_video_text_data(cache_dir=None):
@@ -75,9 +122,6 @@ def ensure_default_video_text_data(cache_dir=None):
     directory and renamed into place, so an interrupted or concurrent first
     use never leaves half a dataset.
     """
-    from vt_keras.data.synthetic import default_cache_dir
-    from vt_keras.data.video_text_synthetic import make_video_text_data
-
     root = cache_dir or default_cache_dir()
     path = os.path.join(root, DEFAULT_DATASET)
     if os.path.exists(os.path.join(path, "manifest.json")):
@@ -87,7 +131,7 @@ def ensure_default_video_text_data(cache_dir=None):
     os.makedirs(root, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{DEFAULT_DATASET}.", dir=root)
     try:
-        make_video_text_data(tmp)
+        video_text_synthetic.make_video_text_data(tmp)
         try:
             os.rename(tmp, path)
         except OSError:
@@ -105,20 +149,15 @@ def vocabulary_digest(tokens):
 
 def prepare_vocabulary(config, cache_dir=None, log=print):
     """Fills `data.vocabulary` (a file) and `model.vocabulary_sha256`; returns the tokens."""
-    from vt_keras.data.synthetic import default_cache_dir
-    from vt_keras.data.video_text import read_captions
-    from vt_keras.text import build_vocabulary, load_vocabulary, save_vocabulary
-
     d = config.data
     if d.vocabulary:
         tokens = load_vocabulary(d.vocabulary)
     else:
-        max_size = int(d.get("vocabulary_max_size", 0)) or None
-        tokens = build_vocabulary(read_captions(d.train_pattern), max_size=max_size,
-                                  min_count=int(d.get("vocabulary_min_count", 2)))
+        tokens = build_vocabulary(read_captions(d.train_pattern), max_size=d.vocabulary_max_size or None,
+                                  min_count=d.vocabulary_min_count)
         if not tokens:
             raise DataError(f"data.train_pattern={d.train_pattern}: no caption word occurs "
-                            f"data.vocabulary_min_count={d.get('vocabulary_min_count', 2)} times; "
+                            f"data.vocabulary_min_count={d.vocabulary_min_count} times; "
                             "expected captions to build the vocabulary from")
         directory = os.path.join(cache_dir or default_cache_dir(), VOCABULARY_DIR)
         path = os.path.join(directory, f"vocabulary-{vocabulary_digest(tokens)[:16]}.txt")
@@ -133,88 +172,74 @@ def prepare_vocabulary(config, cache_dir=None, log=print):
     return tokens
 
 
+def records(config, pattern, batch_size, training=False, input_context=None, seed=None):
+    """The parsed video–text records of `pattern` as `config.data` describes them.
+
+    Training batches are shuffled, repeated and of one size; evaluation
+    batches keep the file order and every record.
+    """
+    d = config.data
+    if d.skip_corrupt_records:
+        raise ConfigError("data.skip_corrupt_records=True: the video-text reader cannot skip corrupt records; "
+                          "expected False (a damaged file then stops the run, naming it)")
+    return video_text_dataset(
+        pattern, batch_size, clip_dim=d.clip_dim, max_clips=d.max_clips, clip_encoding=d.clip_encoding,
+        shuffle=training, repeat=training, drop_remainder=training, input_context=input_context, seed=seed,
+        expert_features=tuple(d.expert_features), shuffle_buffer=d.shuffle_buffer)
+
+
 @TASKS.register(TASK_NAME)
 class RetrievalTask(Task):
     """Text→video and video→text retrieval with a `DualEncoder`."""
 
     def __init__(self, config):
         super().__init__(config)
-        lcfg = config.loss
-        self.loss_entry = RETRIEVAL_LOSSES.get(lcfg.name, key="loss.name")
-        self.cka_weight = float(lcfg.get("cka_weight", 0.0))
-        self.loss_state = None  # see build_model
-        if self.cka_weight < 0:
-            raise ConfigError(f"loss.cka_weight={self.cka_weight}: expected >= 0 (0 turns CKA off)")
+        self.loss = _make_loss(config)
+        self.loss_state = None  # what self.loss.build() makes, in build_model
 
     @classmethod
     def prepare_config(cls, config, log=print):
-        """Default data for an empty `data.train_pattern`; the vocabulary; a check of the records."""
-        from vt_keras.data.video_text import data_errors
-
-        from vt_keras.train.task import fill_default_data
-
+        """Default data for an empty `data.train_pattern`; the loss settings, the records, the vocabulary."""
         d = config.data
         used_default = fill_default_data(d, ensure_default_video_text_data, "embedded default video-text data", log)
         if not d.eval_pattern:
             raise ConfigError("data.eval_pattern is empty; expected the validation files' pattern")
+        _make_loss(config)  # a bad loss setting fails before the data is read
         # The loop cannot name a bad training record on one line; check a first batch here.
         with data_errors():
-            next(iter(cls(config).dataset(d.train_pattern, 8)))
+            next(iter(records(config, d.train_pattern, 8)))
         prepare_vocabulary(config, log=log)
         return used_default
 
     def error_context(self):
         """Video-text records: the data checks' lines plus hints on proto types and damaged files."""
-        from vt_keras.data.video_text import data_errors
-
         return data_errors()
 
     def vocabulary(self):
         """The vocabulary tokens of `data.vocabulary`, checked against the config's digest."""
-        from vt_keras.text import load_vocabulary
-
         d, m = self.config.data, self.config.model
-        if not d.get("vocabulary", ""):
+        if not d.vocabulary:
             raise ConfigError("data.vocabulary is empty; expected a vocabulary file (bin/train fills it "
                               "from the training captions via RetrievalTask.prepare_config)")
         tokens = load_vocabulary(d.vocabulary)
-        expected = m.get("vocabulary_sha256", "")
+        expected = m.vocabulary_sha256
         if expected and vocabulary_digest(tokens) != expected:
             raise DataError(f"vocabulary file {d.vocabulary} changed since training: expected sha256 "
                             f"{expected[:16]}..., found {vocabulary_digest(tokens)[:16]}...")
         return tokens
 
     def build_model(self):
-        from vt_keras.models.dual_encoder import DualEncoder
-        from vt_keras.tasks.yt8m import track_weights_by_path
-
-        m = self.config.model
-        model = DualEncoder(
-            self.vocabulary(), embedding_dim=int(m.embedding_dim), clip_dim=int(self.config.data.clip_dim),
-            video_transformer_layers=int(m.video_transformer_layers), text_pooling=m.text_pooling,
-            token_embedding_dim=int(m.token_embedding_dim), num_heads=int(m.num_heads),
-            max_tokens=int(m.max_tokens), dropout=float(m.dropout), num_oov_buckets=int(m.num_oov_buckets),
-            name="dual_encoder")
-        model.build()
-        # A loss entry with `make_state(config)` owns variables (CrossCLR's queue). build_model runs
-        # inside strategy.scope(), so they are made here; loss_fn passes them as `state=` and
-        # trackables() puts them into checkpoints.
-        make_state = getattr(self.loss_entry, "make_state", None)
-        if make_state is not None:
-            self.loss_state = make_state(self.config)
+        model = DualEncoder(self.vocabulary(), clip_dim=self.config.data.clip_dim, name="dual_encoder",
+                            **self.config.model.dual_encoder)
+        # build_model runs inside strategy.scope(): the loss's own variables (CrossCLR's queue)
+        # are made here, and trackables() puts them into checkpoints.
+        self.loss_state = self.loss.build()
         # The Transformer blocks live in Python lists: make them reach checkpoints.
         return track_weights_by_path(model)
 
     def dataset(self, pattern, batch_size, training=False, input_context=None):
-        from vt_keras.data.video_text import video_text_dataset
-
-        d = self.config.data
-        return video_text_dataset(
-            pattern, batch_size, clip_dim=int(d.clip_dim), max_clips=int(d.max_clips),
-            clip_encoding=d.get("clip_encoding", "float"), shuffle=training, repeat=training,
-            drop_remainder=training, input_context=input_context, seed=self.data_seed,
-            expert_features=tuple(d.get("expert_features", ())),
-            shuffle_buffer=int(d.get("shuffle_buffer", 1024)))
+        return records(self.config, pattern, batch_size, training=training, input_context=input_context,
+                       seed=self.data_seed)
 
     def train_dataset(self, input_context):
         per_replica = input_context.get_per_replica_batch_size(int(self.config.train.batch_size))
@@ -223,8 +248,6 @@ class RetrievalTask(Task):
 
     @staticmethod
     def model_inputs(batch):
-        from vt_keras.models.dual_encoder import INPUT_KEYS
-
         return {k: batch[k] for k in INPUT_KEYS}
 
     # Straight-line graph code: skipping autograph saves seconds of tracing per run.
@@ -232,15 +255,11 @@ class RetrievalTask(Task):
     def loss_fn(self, model, batch, ctx):
         outputs = model(self.model_inputs(batch), training=True)
         lcfg = self.config.loss
-        extra = {} if self.loss_state is None else {"state": self.loss_state}
-        value = tf.cast(self.loss_entry(outputs, batch, ctx, lcfg, **extra), tf.float32)
+        value = tf.cast(self.loss(outputs, batch, ctx), tf.float32)
         metrics = {str(lcfg.name): value}
-        if self.cka_weight > 0:
-            from vt_keras.losses.cka import cka
-
-            alignment = cka(ctx.gather(outputs["video"]), ctx.gather(outputs["text"]),
-                            kernel=lcfg.get("cka_kernel", "linear"), debiased=bool(lcfg.get("cka_debiased", False)))
-            value = value - self.cka_weight * tf.cast(alignment, tf.float32)
+        if lcfg.cka_weight > 0:
+            alignment = cka(ctx.gather(outputs["video"]), ctx.gather(outputs["text"]), **lcfg.cka)
+            value = value - lcfg.cka_weight * tf.cast(alignment, tf.float32)
             metrics["cka"] = alignment
         return ctx.global_scalar(value), metrics
 
@@ -249,9 +268,7 @@ class RetrievalTask(Task):
 
     def embed(self, model, pattern, batch_size=None):
         """`(ids, video [N, E], text [N, E])` of every record of `pattern`, pooled as in training."""
-        from vt_keras.data.video_text import data_errors
-
-        batch_size = batch_size or int(self.config.get("eval", {}).get("batch_size", 256))
+        batch_size = batch_size or self.config.eval.batch_size
 
         @tf.function(reduce_retracing=True, autograph=False)
         def forward(batch):
@@ -259,7 +276,7 @@ class RetrievalTask(Task):
             return out["video"], out["text"]
 
         ids, videos, texts = [], [], []
-        with data_errors():
+        with self.error_context():
             for batch in self.dataset(pattern, batch_size):
                 video, text = forward(batch)
                 ids.extend(v.decode("utf-8") for v in batch["id"].numpy())
@@ -267,18 +284,52 @@ class RetrievalTask(Task):
                 texts.append(np.asarray(text, np.float32))
         return ids, np.concatenate(videos), np.concatenate(texts)
 
-    def evaluate(self, model, pattern, **kwargs):
-        from vt_keras.metrics.retrieval import retrieval_metrics
+    def embed_sequences(self, model, pattern, batch_size=None):
+        """Per-clip and per-caption embeddings of every video of `pattern`, valid rows first.
 
+        What `vt_keras.metrics.alignment` analyses.
+
+        Returns:
+            A dict of numpy arrays: `ids` (str), `captions` (lists of the
+            valid captions), `caption_index` (their positions in the record),
+            `video [V, N, E]`, `text [V, M, E]` (padding rows zero),
+            `video_lengths`, `text_lengths [V]`.
+        """
+        batch_size = batch_size or self.config.eval.batch_size
+        keys = ("ids", "captions", "caption_index", "video", "text", "video_lengths", "text_lengths")
+        parts = {k: [] for k in keys}
+        with self.error_context():
+            for batch in self.dataset(pattern, batch_size):
+                out = model(self.model_inputs(batch), training=False)
+                vmask, tmask = np.asarray(out["video_mask"], bool), np.asarray(out["text_mask"], bool)
+                video = np.asarray(out["video_sequence"], np.float32)
+                text = np.asarray(out["text_sequence"], np.float32)
+                captions = batch["captions"].numpy()
+                for b, vid in enumerate(batch["id"].numpy()):
+                    keep = np.flatnonzero(tmask[b])  # a caption may be empty: move the valid ones first
+                    video_b, text_b = np.zeros_like(video[b]), np.zeros_like(text[b])
+                    video_b[:vmask[b].sum()] = video[b][vmask[b]]
+                    text_b[:keep.size] = text[b][keep]
+                    parts["ids"].append(vid.decode("utf-8"))
+                    parts["captions"].append([captions[b, j].decode("utf-8") for j in keep])
+                    parts["caption_index"].append(keep)
+                    parts["video"].append(video_b)
+                    parts["text"].append(text_b)
+                    parts["video_lengths"].append(int(vmask[b].sum()))
+                    parts["text_lengths"].append(int(keep.size))
+        if not parts["ids"]:
+            raise DataError(f"data pattern {pattern}: found no video-text records; expected at least one")
+        for key in ("video", "text", "video_lengths", "text_lengths"):
+            parts[key] = np.asarray(parts[key])
+        return parts
+
+    def evaluate(self, model, pattern, **kwargs):
         ids, video, text = self.embed(model, pattern)
-        block = int(self.config.get("eval", {}).get("block_size", 1024))
-        results = retrieval_metrics(text, video, block_size=block)
+        results = retrieval_metrics(text, video, block_size=self.config.eval.block_size)
         results["num_videos"] = len(ids)
         return results
 
     def export(self, model, export_dir):
-        from vt_keras.export_retrieval import export_dual_encoder
-
         return export_dual_encoder(model, export_dir, max_clips=int(self.config.data.max_clips))
 
     def format_results(self, results, baseline=None):
@@ -297,3 +348,10 @@ class RetrievalTask(Task):
     def summary_line(self, metrics):
         keys = ("t2v/R@1", "t2v/R@5", "t2v/MedR", "v2t/R@1", "v2t/R@5", "v2t/MedR")
         return " ".join(f"{k}={metrics[k]:.2f}" for k in keys if k in metrics)
+
+
+def _make_loss(config):
+    """The `RETRIEVAL_LOSSES` entry of `loss.name`, made from the config (which it checks)."""
+    if config.loss.cka_weight < 0:
+        raise ConfigError(f"loss.cka_weight={config.loss.cka_weight}: expected >= 0 (0 turns CKA off)")
+    return RETRIEVAL_LOSSES.get(config.loss.name, key="loss.name")(config)

@@ -27,7 +27,9 @@ clip or caption, so:
   the mean of the valid clips, or the L2-normalised bag of words of all
   valid captions.
 
-The state (the local loss and its queue) is made by `make_state` inside
+Both terms are `CrossCLRLoss(**loss.crossclr)`, the global one without a
+queue; the config takes those values from `vt_keras.losses.crossclr.PRESETS`.
+The state (the two losses and the local queue) is made by `build` inside
 `strategy.scope()` (the task's `build_model`) and checkpointed through
 `RetrievalTask.trackables()`. Every replica enqueues the same gathered rows,
 so the queue is identical on all replicas and a resumed run continues with
@@ -36,7 +38,7 @@ the queue it saved.
 Example:
 
 ```python
-config = get_config("youcook2")  # configs/retrieval/crossclr.py
+config = load_config_file("configs/retrieval/crossclr.py:lsmdc")
 results, model = vt_keras.train.loop.train(config, "runs/crossclr")
 ```
 """
@@ -45,14 +47,10 @@ from keras import ops
 
 from vt_keras.errors import ConfigError, DataError
 from vt_keras.losses.crossclr_queue import CrossCLRLoss
-from vt_keras.tasks.retrieval import RETRIEVAL_LOSSES
+from vt_keras.ops import l2_normalize, masked_mean
+from vt_keras.tasks.retrieval import RETRIEVAL_LOSSES, RetrievalLoss
 
 EXPERT_PREFIX = "expert/"
-# Options of `CrossCLRLoss` read from `config.loss`, with the defaults of YouCook2
-# (supplement, Table 1) where the config leaves them out.
-LOSS_OPTIONS = dict(temperature=0.03, weight_temperature=35e-4, intra_weight=0.8,
-                    prune_threshold=0.9, reference_compat=False, num_positives=0,
-                    positive_weight=0.0)
 
 
 class CrossCLRState(tf.Module):
@@ -66,36 +64,11 @@ class CrossCLRState(tf.Module):
         self.global_weight = global_weight
 
 
-def _number(lcfg, key, default, minimum=0.0):
-    value = lcfg.get(key, default)
+def _number(lcfg, key, minimum=0.0):
+    value = lcfg[key]
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value < minimum:
         raise ConfigError(f"loss.{key}={value!r}: expected a number >= {minimum}")
     return float(value)
-
-
-def make_state(config):
-    """Builds the `CrossCLRState` of `config` (call inside `strategy.scope()`)."""
-    lcfg = config.loss
-    options = {key: lcfg.get(key, default) for key, default in LOSS_OPTIONS.items()}
-    options["reference_compat"] = bool(options["reference_compat"])
-    queue_size = lcfg.get("queue_size", 0)
-    local_weight = _number(lcfg, "local_weight", 1.0)
-    global_weight = _number(lcfg, "global_weight", 0.6)
-    if local_weight == 0 and global_weight == 0:
-        raise ConfigError("loss.local_weight and loss.global_weight are both 0; expected at least one > 0")
-    experts = tuple(config.data.get("expert_features", ()))
-    for key in ("video_features", "text_features"):
-        name = lcfg.get(key, "")
-        if name and name not in experts:
-            raise ConfigError(f"loss.{key}={name!r} is not in data.expert_features={experts}; "
-                              f"add it there or set loss.{key}='' to derive it from the batch")
-    width = int(_number(lcfg, "caption_feature_dim", 64, minimum=1))
-    local = CrossCLRLoss(queue_size=queue_size, name="crossclr_local", **options)
-    if queue_size and local_weight > 0:
-        embedding_dim = int(config.model.embedding_dim)
-        local.build(embedding_dim, embedding_dim, int(config.data.clip_dim), width)
-    global_ = CrossCLRLoss(queue_size=0, name="crossclr_global", **options)
-    return CrossCLRState(local, global_, local_weight, global_weight)
 
 
 def caption_bag_of_words(captions, dim):
@@ -108,8 +81,7 @@ def caption_bag_of_words(captions, dim):
     Returns:
         float32 `[..., dim]`.
     """
-    counts = caption_word_counts(captions, dim)
-    return counts * tf.math.rsqrt(tf.maximum(tf.reduce_sum(tf.square(counts), -1, keepdims=True), 1e-12))
+    return l2_normalize(caption_word_counts(captions, dim))
 
 
 def caption_word_counts(captions, dim):
@@ -126,7 +98,7 @@ def global_features(batch, lcfg):
     """`(video [B, F_v], text [B, F_t])` raw per-video features for proximity."""
     out = []
     for key, derive in (("video_features", _mean_clip), ("text_features", _paragraph_bag)):
-        name = lcfg.get(key, "")
+        name = lcfg[key]
         if not name:
             out.append(derive(batch, lcfg))
         elif EXPERT_PREFIX + name not in batch:
@@ -139,16 +111,13 @@ def global_features(batch, lcfg):
 
 def _mean_clip(batch, lcfg):
     del lcfg
-    mask = tf.cast(batch["clip_mask"], tf.float32)[..., None]
-    return tf.reduce_sum(batch["clips"] * mask, 1) / tf.maximum(tf.reduce_sum(mask, 1), 1.0)
+    return masked_mean(batch["clips"], batch["clip_mask"], axis=1)
 
 
 def _paragraph_bag(batch, lcfg):
-    dim = int(lcfg.get("caption_feature_dim", 64))
-    counts = caption_word_counts(batch["captions"], dim)
+    counts = caption_word_counts(batch["captions"], lcfg.caption_feature_dim)
     counts = counts * tf.cast(batch["caption_mask"], tf.float32)[..., None]
-    bag = tf.reduce_sum(counts, 1)
-    return bag * tf.math.rsqrt(tf.maximum(tf.reduce_sum(tf.square(bag), -1, keepdims=True), 1e-12))
+    return l2_normalize(tf.reduce_sum(counts, 1))
 
 
 def local_inputs(outputs, batch, lcfg, gather):
@@ -158,7 +127,7 @@ def local_inputs(outputs, batch, lcfg, gather):
     caption_features [P, caption_feature_dim])`, P the valid pairs of all
     replicas, in replica, video, clip order.
     """
-    dim = int(lcfg.get("caption_feature_dim", 64))
+    dim = lcfg.caption_feature_dim
     clips = batch["clips"]
     rows = [outputs["video_sequence"], outputs["text_sequence"], tf.cast(clips, tf.float32),
             caption_bag_of_words(batch["captions"], dim), tf.cast(batch["caption_mask"], tf.int32)]
@@ -170,34 +139,55 @@ def local_inputs(outputs, batch, lcfg, gather):
 
 
 @RETRIEVAL_LOSSES.register("crossclr")
-def crossclr_retrieval_loss(outputs, batch, ctx, loss_config, state=None):
-    """`local_weight · L_local + global_weight · L_global` over the global batch.
+class CrossCLRRetrieval(RetrievalLoss):
+    """`local_weight · L_local + global_weight · L_global` over the global batch (see the module docstring).
 
-    Args:
-        outputs: the `DualEncoder` outputs (`video_sequence`, `text_sequence`,
-            `video`, `text`).
-        batch: the parsed records (`clips`, `captions`, `caption_mask`,
-            `clip_mask`, and the expert features the config names).
-        ctx: the loop's `StepContext` (its `gather` gives the global batch).
-        loss_config: `config.loss`.
-        state: the `CrossCLRState` of `make_state` (the task passes it).
-
-    Returns:
-        A float32 scalar, the same on every replica.
+    Call: `loss(outputs, batch, ctx) → scalar`, float32, the same on every
+    replica: `outputs` the `DualEncoder` outputs (`video_sequence`,
+    `text_sequence`, `video`, `text`), `batch` the parsed records (`clips`,
+    `captions`, `caption_mask`, `clip_mask`, and the expert features the
+    config names), `ctx` the loop's `StepContext`.
     """
-    if state is None:
-        raise ConfigError("loss.name='crossclr' needs its state: build the model with "
-                          "RetrievalTask.build_model() before calling loss_fn")
-    total = 0.0
-    if state.local_weight > 0:
-        local = state.local.compute(*local_inputs(outputs, batch, loss_config, ctx.gather))
-        total = total + state.local_weight * local
-    if state.global_weight > 0:
-        video_features, text_features = global_features(batch, loss_config)
-        glob = state.global_.compute(outputs["video"], outputs["text"], video_features, text_features,
-                                     gather=ctx.gather)
-        total = total + state.global_weight * glob
-    return total
 
+    def __init__(self, config):
+        super().__init__(config)
+        lcfg = config.loss
+        self.local_weight = _number(lcfg, "local_weight")
+        self.global_weight = _number(lcfg, "global_weight")
+        if self.local_weight == 0 and self.global_weight == 0:
+            raise ConfigError("loss.local_weight and loss.global_weight are both 0; expected at least one > 0")
+        experts = tuple(config.data.expert_features)
+        for key in ("video_features", "text_features"):
+            name = lcfg[key]
+            if name and name not in experts:
+                raise ConfigError(f"loss.{key}={name!r} is not in data.expert_features={experts}; "
+                                  f"add it there or set loss.{key}='' to derive it from the batch")
+        _number(lcfg, "caption_feature_dim", minimum=1)
+        self.state = None
 
-crossclr_retrieval_loss.make_state = make_state
+    def build(self):
+        """The two `CrossCLRLoss`es (`loss.crossclr`; the global one without a queue) and the local queue."""
+        config, options = self.config, self.config.loss.crossclr.to_dict()
+        local = CrossCLRLoss(name="crossclr_local", **options)
+        if local.queue_size and self.local_weight > 0:
+            embedding_dim = config.model.dual_encoder.embedding_dim
+            local.build(embedding_dim, embedding_dim, config.data.clip_dim, config.loss.caption_feature_dim)
+        global_ = CrossCLRLoss(name="crossclr_global", **dict(options, queue_size=0))
+        self.state = CrossCLRState(local, global_, self.local_weight, self.global_weight)
+        return self.state
+
+    def __call__(self, outputs, batch, ctx):
+        if self.state is None:
+            raise ConfigError("loss.name='crossclr' needs its state: build the model with "
+                              "RetrievalTask.build_model() before calling loss_fn")
+        lcfg, state = self.config.loss, self.state
+        total = 0.0
+        if state.local_weight > 0:
+            local = state.local.compute(*local_inputs(outputs, batch, lcfg, ctx.gather))
+            total = total + state.local_weight * local
+        if state.global_weight > 0:
+            video_features, text_features = global_features(batch, lcfg)
+            glob = state.global_.compute(outputs["video"], outputs["text"], video_features, text_features,
+                                         gather=ctx.gather)
+            total = total + state.global_weight * glob
+        return total

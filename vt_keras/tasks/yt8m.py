@@ -1,10 +1,22 @@
-"""YouTube-8M video classification: frame-level records in, class scores out."""
+"""YouTube-8M video classification: frame-level records in, class scores out.
+
+The task of configs/yt8m/classifier.py: the classifier of
+`vt_keras.models.video_classifier`, the starter code's multi-label
+cross-entropy, and GAP / MAP / PERR / Hit@1 per taxonomy level
+(`vt_keras.metrics.yt8m`).
+"""
 import os
 
 import numpy as np
 import tensorflow as tf
 
-from vt_keras.train.task import TASKS, Task
+from vt_keras import export
+from vt_keras.data import synthetic, yt8m
+from vt_keras.data.taxonomy import Taxonomy
+from vt_keras.errors import ConfigError, DataError
+from vt_keras.metrics.yt8m import YT8MMetrics, format_table
+from vt_keras.models.video_classifier import CKA_LAYER, TOWER_LAYER, build_video_classifier
+from vt_keras.train.task import TASKS, Task, fill_default_data
 
 EPSILON = 1e-7
 
@@ -24,15 +36,6 @@ def track_weights_by_path(model):
     return track_variables(model)
 
 
-def _cka_layer(model):
-    from vt_keras.models.video_classifier import CKA_LAYER
-
-    try:
-        return model.get_layer(CKA_LAYER)
-    except ValueError:
-        return None
-
-
 @TASKS.register("yt8m")
 class YT8MClassification(Task):
     """Multi-label classification of frame-level YouTube-8M records."""
@@ -40,19 +43,11 @@ class YT8MClassification(Task):
     @classmethod
     def prepare_config(cls, config, log=print):
         """Empty `data.train_pattern`: the embedded default data; `num_classes` 0: from its taxonomy."""
-        from vt_keras.data import synthetic
-        from vt_keras.train.task import fill_default_data
-
         d = config.data
         used_default = fill_default_data(d, synthetic.ensure_default_data, "embedded default data", log)
         if not d.eval_pattern:
-            from vt_keras.errors import ConfigError
-
             raise ConfigError("data.eval_pattern is empty; expected the validation files' pattern")
         if int(d.num_classes) <= 0:
-            from vt_keras.data.taxonomy import Taxonomy
-            from vt_keras.errors import ConfigError
-
             path = os.path.join(os.path.dirname(d.train_pattern.split(",")[0]), "taxonomy.json")
             if not tf.io.gfile.exists(path):
                 raise ConfigError(f"data.num_classes={d.num_classes} and no taxonomy.json beside "
@@ -73,8 +68,6 @@ class YT8MClassification(Task):
         return int(self.config.data.max_frames)
 
     def build_model(self):
-        from vt_keras.models.video_classifier import build_video_classifier
-
         model = build_video_classifier(self.config.model, self.features, self.num_classes, self.max_frames)
         return track_weights_by_path(model)
 
@@ -84,23 +77,20 @@ class YT8MClassification(Task):
         The classifier's `correlation_tower` layer is frozen, so the loaded
         weights stay as trained. Other fusions load nothing.
         """
-        if not str(self.config.model.get("fusion", "late")).startswith("cm_"):
+        if not self.config.model.fusion.startswith("cm_"):
             return
-        from vt_keras.models.video_classifier import TOWER_LAYER
+        # Imported here: tasks.correlation_tower imports this module (the loader moves to train/).
         from vt_keras.tasks.correlation_tower import load_tower_weights
 
         load_tower_weights(model.get_layer(TOWER_LAYER), self.config)
 
     def dataset(self, pattern, batch_size, training=False, input_context=None):
-        from vt_keras.data import yt8m
-
         d = self.config.data
         return yt8m.frame_dataset(
             pattern, batch_size, features=self.features, max_frames=self.max_frames,
             num_classes=self.num_classes, shuffle=training, repeat=training, drop_remainder=training,
             input_context=input_context, seed=self.data_seed,
-            skip_corrupt_records=d.get("skip_corrupt_records", False),
-            l2_normalize=d.get("l2_normalize", False))
+            skip_corrupt_records=d.skip_corrupt_records, l2_normalize=d.l2_normalize)
 
     def train_dataset(self, input_context):
         per_replica = input_context.get_per_replica_batch_size(int(self.config.train.batch_size))
@@ -116,23 +106,20 @@ class YT8MClassification(Task):
         probs = model(self.model_inputs(batch), training=True)
         per_example = multilabel_cross_entropy(batch["labels"], probs)
         metrics = {}
-        alignment = _cka_layer(model)
-        if alignment is not None:
+        if self.config.model.cka.weight > 0:
             # The CKA of this step's global batch; its -λ·CKA is in model.losses.
-            metrics["cka"] = tf.identity(alignment.last_cka)
+            metrics["cka"] = tf.identity(model.get_layer(CKA_LAYER).last_cka)
         # main_weight is 0 during the CKA-only warm-up (train.cka_warmup_steps).
         return ctx.main_weight * ctx.mean_over_global_batch(per_example), metrics
 
     def predict(self, model, pattern, batch_size=None, with_ids=False):
         """Yields `(ids, probabilities, labels)` numpy batches over the files of `pattern`."""
-        batch_size = batch_size or int(self.config.get("eval", {}).get("batch_size", 256))
+        batch_size = batch_size or self.config.eval.batch_size
         ds = self.dataset(pattern, batch_size, training=False)
 
         @tf.function
         def forward(batch):
             return model(self.model_inputs(batch), training=False)
-
-        from vt_keras.data import yt8m
 
         for batch in yt8m.iterate(ds):
             probs = forward(batch)
@@ -140,9 +127,7 @@ class YT8MClassification(Task):
 
     def taxonomy_levels(self, pattern):
         """Per-class level ids from `data.taxonomy` ('auto': taxonomy.json beside the files)."""
-        from vt_keras.data.taxonomy import Taxonomy
-
-        path = self.config.data.get("taxonomy", "auto")
+        path = self.config.data.taxonomy
         if not path:
             return None
         if path == "auto":
@@ -153,49 +138,37 @@ class YT8MClassification(Task):
         taxonomy = Taxonomy.load(path)
         levels = taxonomy.levels()
         if len(levels) != self.num_classes:
-            from vt_keras.errors import DataError
-
             raise DataError(f"taxonomy {path} has {len(levels)} classes; expected data.num_classes="
                             f"{self.num_classes}")
         return levels
 
     def evaluate(self, model, pattern, **kwargs):
-        from vt_keras.metrics.yt8m import YT8MMetrics
-
-        top_k = int(self.config.get("eval", {}).get("top_k", 20))
-        acc = YT8MMetrics(self.num_classes, top_k=top_k, taxonomy=self.taxonomy_levels(pattern))
+        acc = YT8MMetrics(self.num_classes, top_k=self.config.eval.top_k, taxonomy=self.taxonomy_levels(pattern))
         for _, probs, labels in self.predict(model, pattern):
             acc.update(probs, labels)
         return {k: float(v) for k, v in acc.result().items()}
 
     def baseline(self, train_pattern, eval_pattern):
         """Metrics of scoring every video with the training label frequencies."""
-        from vt_keras.data import yt8m
-        from vt_keras.metrics.yt8m import YT8MMetrics
-
         counts = np.zeros(self.num_classes, np.float64)
         total = 0
         for batch in yt8m.iterate(self.dataset(train_pattern, 512)):
             counts += batch["labels"].numpy().sum(0)
             total += batch["labels"].shape[0]
         prior = (counts / max(total, 1)).astype(np.float32)
-        acc = YT8MMetrics(self.num_classes, top_k=int(self.config.get("eval", {}).get("top_k", 20)))
+        acc = YT8MMetrics(self.num_classes, top_k=self.config.eval.top_k)
         for batch in yt8m.iterate(self.dataset(eval_pattern, 512)):
             labels = batch["labels"].numpy()
             acc.update(np.broadcast_to(prior, labels.shape), labels)
         return {k: float(v) for k, v in acc.result().items()}
 
     def export(self, model, export_dir):
-        from vt_keras import export
-
         return export.export_classifier(
             model, export_dir, features=self.features, max_frames=self.max_frames,
-            num_classes=self.num_classes, top_k=int(self.config.get("export", {}).get("top_k", 20)),
-            l2_normalize=self.config.data.get("l2_normalize", False))
+            num_classes=self.num_classes, top_k=self.config.export.top_k,
+            l2_normalize=self.config.data.l2_normalize)
 
     def format_results(self, results, baseline=None):
-        from vt_keras.metrics.yt8m import format_table
-
         text = format_table(results)
         if baseline:
             text += "\n\nlabel-frequency baseline (every video scored by the training label frequencies):\n"

@@ -99,12 +99,12 @@ def train(config, workdir, strategy=None, log=print, task=None):
 
     schedule = LearningRate.from_config(config.optimizer, tcfg.num_steps)
     plateau = ReduceOnPlateau(
-        monitor=config.optimizer.get("plateau_monitor", None),
-        mode=config.optimizer.get("plateau_mode", "max"),
-        patience=config.optimizer.get("plateau_patience", 0),
-        factor=config.optimizer.get("plateau_factor", 0.1),
+        monitor=config.optimizer.plateau_monitor,
+        mode=config.optimizer.plateau_mode,
+        patience=config.optimizer.plateau_patience,
+        factor=config.optimizer.plateau_factor,
     )
-    precision = step_lib.check_precision(tcfg.get("precision", "float32"))
+    precision = step_lib.check_precision(tcfg.precision)
     with step_lib.dtype_policy(precision), strategy.scope():
         model = task.build_model()
         optimizer = step_lib.wrap_optimizer(build_optimizer(config.optimizer), precision)
@@ -113,7 +113,7 @@ def train(config, workdir, strategy=None, log=print, task=None):
     # Steps taken, skipped float16 steps included (the optimizer counts applied updates only).
     step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
     keeper = checkpoints.CheckpointKeeper(
-        workdir, chief=chief, max_to_keep=tcfg.get("keep_checkpoints", 3),
+        workdir, chief=chief, max_to_keep=tcfg.keep_checkpoints,
         model=model, optimizer=optimizer, step=step_var, **plateau.trackables(), **task.trackables())
     restored = keeper.restore()
     start_step = int(step_var.numpy())
@@ -128,10 +128,10 @@ def train(config, workdir, strategy=None, log=print, task=None):
         return ds.skip(start_step * per_step) if start_step else ds
 
     iterator = iter(strategy.distribute_datasets_from_function(dataset_fn))
-    jit_compile = bool(tcfg.get("jit_compile", False))
+    jit_compile = bool(tcfg.jit_compile)
     replica_step = step_lib.make_replica_step(
         task, model, optimizer, step_var, global_batch_size=global_batch, num_replicas=num_replicas,
-        clip_norm=tcfg.get("grad_clip_norm", 0.0), warmup_steps=int(tcfg.get("cka_warmup_steps", 0)),
+        clip_norm=tcfg.grad_clip_norm, warmup_steps=int(tcfg.cka_warmup_steps),
         jit_compile=jit_compile)
 
     def set_learning_rate():
@@ -142,10 +142,10 @@ def train(config, workdir, strategy=None, log=print, task=None):
     writer = tf.summary.create_file_writer(os.path.join(workdir, "train")) if chief else None
     eval_writer = tf.summary.create_file_writer(os.path.join(workdir, "eval")) if chief else None
     num_steps = int(tcfg.num_steps)
-    log_every = max(int(tcfg.get("log_every", 50)), 1)
+    log_every = max(int(tcfg.log_every), 1)
     ckpt_every = int(tcfg.checkpoint_every)
-    eval_every = int(tcfg.get("eval_every", 0))
-    steps_per_loop = int(tcfg.get("steps_per_loop", 1))
+    eval_every = int(tcfg.eval_every)
+    steps_per_loop = int(tcfg.steps_per_loop)
     if steps_per_loop < 1:
         raise ConfigError(f"train.steps_per_loop={steps_per_loop}: expected >= 1 (steps per host round trip)")
     last_saved = start_step if restored else -1

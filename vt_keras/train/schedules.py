@@ -17,28 +17,28 @@ OPTIMIZERS = Registry("optimizer")
 
 @OPTIMIZERS.register("adam")
 def _adam(cfg):
-    return keras.optimizers.Adam(learning_rate=cfg.learning_rate, beta_1=cfg.get("beta_1", 0.9),
-                                 beta_2=cfg.get("beta_2", 0.999), epsilon=cfg.get("epsilon", 1e-7))
+    return keras.optimizers.Adam(learning_rate=cfg.learning_rate, beta_1=cfg.beta_1,
+                                 beta_2=cfg.beta_2, epsilon=cfg.epsilon)
 
 
 @OPTIMIZERS.register("adamw")
 def _adamw(cfg):
-    return keras.optimizers.AdamW(learning_rate=cfg.learning_rate, weight_decay=cfg.get("weight_decay", 0.01),
-                                  beta_1=cfg.get("beta_1", 0.9), beta_2=cfg.get("beta_2", 0.999),
-                                  epsilon=cfg.get("epsilon", 1e-7))
+    return keras.optimizers.AdamW(learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay,
+                                  beta_1=cfg.beta_1, beta_2=cfg.beta_2,
+                                  epsilon=cfg.epsilon)
 
 
 @OPTIMIZERS.register("radam")
 def _radam(cfg):
     from vt_keras.optimizers import RAdam
 
-    return RAdam(learning_rate=cfg.learning_rate, beta_1=cfg.get("beta_1", 0.9), beta_2=cfg.get("beta_2", 0.999),
-                 epsilon=cfg.get("epsilon", 1e-7), weight_decay=cfg.get("weight_decay", None) or None)
+    return RAdam(learning_rate=cfg.learning_rate, beta_1=cfg.beta_1, beta_2=cfg.beta_2,
+                 epsilon=cfg.epsilon, weight_decay=cfg.weight_decay or None)
 
 
 @OPTIMIZERS.register("sgd")
 def _sgd(cfg):
-    return keras.optimizers.SGD(learning_rate=cfg.learning_rate, momentum=cfg.get("momentum", 0.9))
+    return keras.optimizers.SGD(learning_rate=cfg.learning_rate, momentum=cfg.momentum)
 
 
 def build_optimizer(cfg):
@@ -84,10 +84,10 @@ class LearningRate:
         return cls(
             base=opt_cfg.learning_rate,
             total_steps=total_steps,
-            warmup_steps=opt_cfg.get("warmup_steps", 0),
-            warmup_init=opt_cfg.get("warmup_init", 0.0),
-            decay=opt_cfg.get("decay", "constant"),
-            end_factor=opt_cfg.get("end_factor", 0.0),
+            warmup_steps=opt_cfg.warmup_steps,
+            warmup_init=opt_cfg.warmup_init,
+            decay=opt_cfg.decay,
+            end_factor=opt_cfg.end_factor,
         )
 
 
