@@ -1,4 +1,4 @@
-"""`bin/train`'s own mistakes (not its config's or data's): one line on stderr, exit status 2."""
+"""`bin/train`'s own flags: mistakes end in one line on stderr and exit status 2; the default workdir."""
 import os
 import subprocess
 import sys
@@ -34,3 +34,12 @@ def test_skip_corrupt_records_on_a_config_without_record_files_is_one_line(tmp_p
                                     "--skip_corrupt_records"))
     assert "--skip_corrupt_records" in line and "reads no record files" in line
     assert not (tmp_path / "w").exists()
+
+
+def test_default_workdir_names_the_variant():
+    from vt_keras.cli.train import default_workdir
+
+    assert default_workdir("configs/yt8m/classifier.py:aggregator=netvlad,fusion=cm_gated") == os.path.join(
+        "workdirs", "classifier_netvlad_cm_gated")
+    assert default_workdir("configs/yt8m/late_fusion.py") == os.path.join("workdirs", "late_fusion")
+    assert default_workdir("configs/cka_synthetic.py:cka_only") == os.path.join("workdirs", "cka_synthetic_cka_only")

@@ -43,8 +43,11 @@ def define_flags():
 
 
 def default_workdir(config_path):
-    name = os.path.splitext(os.path.basename(config_path.partition(":")[0]))[0]
-    return os.path.join("workdirs", name)
+    """`workdirs/<config file name>[_<variant values>]`: `classifier.py:aggregator=rnn,fusion=late` → classifier_rnn_late."""
+    name, _, arg = config_path.partition(":")
+    parts = [os.path.splitext(os.path.basename(name))[0]]
+    parts += [item.partition("=")[2] or item for item in arg.split(",") if item.strip()]
+    return os.path.join("workdirs", "_".join(p.strip().replace(os.sep, "-") for p in parts))
 
 
 def train_one(config, workdir, strategy, log=print):
