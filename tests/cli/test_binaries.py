@@ -11,7 +11,7 @@ import tensorflow as tf
 from tests.conftest import REPO_ROOT
 from tests.yt8m_fixtures import TINY_CLASSES, tiny_config, write_tiny_yt8m
 from vt_keras.errors import DataError
-from vt_keras.train import loop
+from vt_keras import tasks
 
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
 
@@ -127,7 +127,7 @@ def test_wrong_feature_size_in_training_names_file_and_key(data, tmp_path):
     train, _ = data
     config = tiny_config(train, **{"data.features": (("rgb", 9), ("audio", 4))})
     with pytest.raises(DataError, match=r"train-0000\d-of-00002.tfrecord.*rgb.*9.*8"):
-        loop.train(config, str(tmp_path / "w"), strategy=tf.distribute.OneDeviceStrategy("/cpu:0"),
+        tasks.train(config, str(tmp_path / "w"), strategy=tf.distribute.OneDeviceStrategy("/cpu:0"),
                    log=lambda *a: None)
 
 
@@ -135,7 +135,7 @@ def test_label_out_of_range_names_the_label(data, tmp_path):
     train, _ = data
     config = tiny_config(train, **{"data.num_classes": 3})
     with pytest.raises(DataError, match=r"label \d+.*num_classes"):
-        loop.train(config, str(tmp_path / "w"), strategy=tf.distribute.OneDeviceStrategy("/cpu:0"),
+        tasks.train(config, str(tmp_path / "w"), strategy=tf.distribute.OneDeviceStrategy("/cpu:0"),
                    log=lambda *a: None)
 
 

@@ -12,7 +12,7 @@ from tests.yt8m_fixtures import TINY_FRAMES, tiny_config, variant_config_file, w
 from vt_keras.cli.plot_attention import attention_maps, plot_attention
 from vt_keras.errors import ConfigError
 from vt_keras.models.video_classifier import build_video_classifier
-from vt_keras.train import loop
+from vt_keras import tasks
 
 FEATURES = (("rgb", 8), ("audio", 4))
 
@@ -33,7 +33,7 @@ def make_workdir(directory, config):
     from vt_keras.train import checkpoints
     from vt_keras.train.task import StepContext
 
-    task = loop.build_task(config)
+    task = tasks.build_task(config)
     model = task.build_model()
     optimizer = keras.optimizers.Adam(1e-2)
     batch = next(iter(task.dataset(config.data.train_pattern, 8)))
@@ -120,7 +120,7 @@ def test_writes_a_png_of_one_video_without_its_padding(name, workdirs, tiny_data
     height, width, _ = matplotlib.image.imread(output).shape
     assert width > 500 and height > 300
     assert drawn["video_id"] == video_id
-    batch = next(iter(loop.build_task(tiny_config(tiny_data)).dataset(tiny_data, 16)))
+    batch = next(iter(tasks.build_task(tiny_config(tiny_data)).dataset(tiny_data, 16)))
     frames = int(batch["num_frames"].numpy()[[x.decode() for x in batch["id"].numpy()].index(video_id)])
     assert drawn["num_frames"] == frames
     assert all(w.shape[1] == frames for w in drawn["streams"].values())
@@ -130,7 +130,7 @@ def test_writes_a_png_of_one_video_without_its_padding(name, workdirs, tiny_data
 def test_the_default_video_is_the_first_of_the_data(tiny_data):
     from vt_keras.cli.plot_attention import find_video
 
-    video = find_video(loop.build_task(tiny_config(tiny_data)), tiny_data)
+    video = find_video(tasks.build_task(tiny_config(tiny_data)), tiny_data)
     assert video["id"].tolist() == [b"train0000"] and video["rgb"].shape == (1, TINY_FRAMES, 8)
 
 

@@ -14,7 +14,7 @@ from tests.yt8m_fixtures import (TINY_FRAMES, classifier_variants, tiny_config, 
 from vt_keras.cli.common import load_config_file
 from vt_keras.errors import ConfigError
 from vt_keras.models.video_classifier import AGGREGATORS, build_video_classifier, cross_modal_inputs
-from vt_keras.train import loop
+from vt_keras import tasks
 from vt_keras.train.task import StepContext
 
 CONFIG_FILES = sorted(os.path.splitext(os.path.basename(p))[0]
@@ -46,14 +46,14 @@ def tower_workdir(tiny_data, tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("tower") / "w")
     config = tiny_config(tiny_data, config_file="configs/yt8m/correlation_tower.py",
                          **{"train.num_steps": 3, "train.checkpoint_every": 0})
-    loop.train(config, workdir, strategy=one_device(), log=quiet)
+    tasks.train(config, workdir, strategy=one_device(), log=quiet)
     return workdir
 
 
 def tower_weights(workdir):
     from vt_keras.train.checkpoints import load_config
 
-    _, model = loop.restore_model(load_config(workdir), workdir)
+    _, model = tasks.restore_model(load_config(workdir), workdir)
     return model.get_layer("correlation_tower").get_weights()
 
 
@@ -71,7 +71,7 @@ def test_every_config_is_covered():
 
 @pytest.fixture(scope="module")
 def tiny_batch(tiny_data):
-    return next(iter(loop.build_task(tiny_config(tiny_data)).dataset(tiny_data, 8)))
+    return next(iter(tasks.build_task(tiny_config(tiny_data)).dataset(tiny_data, 8)))
 
 
 def weights(layer):
@@ -83,7 +83,7 @@ def test_config_builds_and_trains_two_steps(name, tiny_data, tiny_batch, request
     overrides = {}
     if "_cm_" in name:
         overrides["model.tower_workdir"] = request.getfixturevalue("tower_workdir")
-    task = loop.build_task(tiny_config(tiny_data, config_file=config_file(name), **overrides))
+    task = tasks.build_task(tiny_config(tiny_data, config_file=config_file(name), **overrides))
     model = task.build_model()
     optimizer = keras.optimizers.Adam(1e-2)
     optimizer.build(model.trainable_variables)
@@ -112,8 +112,8 @@ def test_trained_cross_modal_workdir_restores_to_the_same_predictions(tiny_data,
     # graph; the task tracks every weight by path so that evaluate/export/plots restore them.
     config = tiny_config(tiny_data, config_file=variant_config_file("transformer_cm_concat"),
                          **{"train.num_steps": 2, "train.checkpoint_every": 0, "model.tower_workdir": tower_workdir})
-    _, model = loop.train(config, str(tmp_path / "w"), strategy=one_device(), log=quiet)
-    task, restored = loop.restore_model(config, str(tmp_path / "w"))
+    _, model = tasks.train(config, str(tmp_path / "w"), strategy=one_device(), log=quiet)
+    task, restored = tasks.restore_model(config, str(tmp_path / "w"))
     inputs = task.model_inputs(tiny_batch)
     np.testing.assert_allclose(restored(inputs), model(inputs), atol=1e-6)
     for got, want in zip(weights(restored.get_layer("correlation_tower")), tower_weights(tower_workdir)):
@@ -165,7 +165,7 @@ def test_builder_errors_name_the_key(model_cfg, features, pattern):
 def test_cross_modal_export_serves_what_the_model_predicts(tiny_data, tower_workdir, tmp_path):
     config = tiny_config(tiny_data, config_file=variant_config_file("netvlad_cm_concat"),
                          **{"model.tower_workdir": tower_workdir})
-    task = loop.build_task(config)
+    task = tasks.build_task(config)
     model = task.build_model()
     task.warm_start(model)
     export_dir = task.export(model, str(tmp_path / "export"))
@@ -191,7 +191,7 @@ def test_cka_config_key_aligns_the_two_branches(name, tiny_data, tiny_batch, req
     overrides = {"model.branch_units": 6, "model.cka.weight": 0.25}
     if "_cm_" in name:
         overrides["model.tower_workdir"] = request.getfixturevalue("tower_workdir")
-    task = loop.build_task(tiny_config(tiny_data, config_file=config_file(name), **overrides))
+    task = tasks.build_task(tiny_config(tiny_data, config_file=config_file(name), **overrides))
     model = task.build_model()
     task.warm_start(model)
     ctx = StepContext(global_batch_size=8, num_replicas=1, gather=lambda x, axis=0: x, main_weight=1.0)
@@ -207,7 +207,7 @@ def test_cka_config_key_aligns_the_two_branches(name, tiny_data, tiny_batch, req
 
 
 def test_cka_warm_up_trains_the_branches_alone(tiny_data, tiny_batch):
-    task = loop.build_task(tiny_config(tiny_data, **{"model.branch_units": 6, "model.cka.weight": 0.1}))
+    task = tasks.build_task(tiny_config(tiny_data, **{"model.branch_units": 6, "model.cka.weight": 0.1}))
     model = task.build_model()
     grads = {}
     for main_weight in (0.0, 1.0):
@@ -231,7 +231,7 @@ def test_cka_run_logs_cka_and_warms_up(tiny_data, tmp_path):
     lines = []
     config = tiny_config(tiny_data, **{"model.branch_units": 6, "model.cka.weight": 0.1, "train.num_steps": 3,
                                        "train.cka_warmup_steps": 1, "train.checkpoint_every": 0})
-    loop.train(config, str(tmp_path / "w"), strategy=one_device(), log=lines.append)
+    tasks.train(config, str(tmp_path / "w"), strategy=one_device(), log=lines.append)
     steps = [line for line in lines if line.startswith("step ")]
     assert len(steps) == 3 and all(" cka=" in line for line in steps), steps
     # Step 1 is CKA alone: its loss is -0.1 * CKA (+ the MoE penalty), negative.
@@ -244,6 +244,6 @@ def test_cka_run_logs_cka_and_warms_up(tiny_data, tmp_path):
     ({"model.branch_units": -2}, r"model.branch_units=-2: expected >= 0"),
 ])
 def test_cka_config_errors_name_the_key(tiny_data, overrides, pattern):
-    task = loop.build_task(tiny_config(tiny_data, **overrides))
+    task = tasks.build_task(tiny_config(tiny_data, **overrides))
     with pytest.raises(ConfigError, match=pattern):
         task.build_model()

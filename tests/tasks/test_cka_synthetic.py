@@ -15,7 +15,7 @@ from vt_keras.data import cka_synthetic as data
 from vt_keras.distributed import identity_gather
 from vt_keras.errors import ConfigError
 from vt_keras.tasks import cka_synthetic as task_lib
-from vt_keras.train import loop
+from vt_keras import tasks
 from vt_keras.train.task import TASKS, StepContext
 
 METHODS = task_lib.METHODS
@@ -183,7 +183,7 @@ def test_warmup_steps_train_cka_alone_in_the_loop(tmp_path):
     for method, warmup in (("cos_cka", 2), ("cka_only", 0)):
         config = tiny_config(method, **{"train.num_steps": 2, "train.cka_warmup_steps": warmup,
                                         "loss.cka_weight": 1.0})
-        _, model = loop.train(config, str(tmp_path / method), strategy=one, log=quiet)
+        _, model = tasks.train(config, str(tmp_path / method), strategy=one, log=quiet)
         runs[method] = weights(model)
     for w, c in zip(runs["cos_cka"], runs["cka_only"]):
         np.testing.assert_allclose(w, c, rtol=1e-5, atol=1e-7)
@@ -214,9 +214,9 @@ def test_two_replicas_match_one_device_from_the_initial_model(tmp_path, logical_
                                        "optimizer.name": "sgd", "optimizer.learning_rate": 0.5})
     config.optimizer.momentum = 0.0
     with initial_weights(task_lib.CKASynthetic) as recorded:
-        res1, one = loop.train(config, str(tmp_path / "one"), log=quiet,
+        res1, one = tasks.train(config, str(tmp_path / "one"), log=quiet,
                                strategy=tf.distribute.OneDeviceStrategy(logical_cpus[0]))
-        res2, two = loop.train(config, str(tmp_path / "two"), strategy=mirrored_strategy(logical_cpus), log=quiet)
+        res2, two = tasks.train(config, str(tmp_path / "two"), strategy=mirrored_strategy(logical_cpus), log=quiet)
     # Both runs started from initial_model(), the step-0 point of the curves.
     initial = weights(TASKS.get("cka_synthetic")(config).initial_model())
     for start in recorded:

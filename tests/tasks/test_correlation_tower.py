@@ -10,7 +10,7 @@ from tests.yt8m_fixtures import tiny_config, variant_config_file
 from vt_keras.data.taxonomy import Taxonomy
 from vt_keras.errors import CheckpointError, ConfigError
 from vt_keras.tasks.correlation_tower import CorrelationTowerTask, negative_pairs, top_level_matrix
-from vt_keras.train import loop
+from vt_keras import tasks
 from vt_keras.train.checkpoints import load_config
 from vt_keras.train.task import StepContext
 
@@ -77,7 +77,7 @@ def trained_tower(data, tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("tower") / "w")
     config = tower_config(train, valid, **{"train.num_steps": 60, "train.checkpoint_every": 0,
                                            "optimizer.learning_rate": 1e-2})
-    results, model = loop.train(config, workdir, strategy=tf.distribute.OneDeviceStrategy("/cpu:0"), log=quiet)
+    results, model = tasks.train(config, workdir, strategy=tf.distribute.OneDeviceStrategy("/cpu:0"), log=quiet)
     return workdir, results, model
 
 
@@ -174,7 +174,7 @@ def test_warm_start_copies_the_trained_tower_into_the_classifier(trained_tower, 
     classifier_config = tiny_config(train, valid, config_file=variant_config_file("rnn_cm_gated"), **{
         "data.features": FEATURES, "data.max_frames": FRAMES, "data.num_classes": 9,
         "model.tower": dict(config.model.tower), "model.tower_workdir": workdir})
-    task = loop.build_task(classifier_config)
+    task = tasks.build_task(classifier_config)
     model = task.build_model()
     task.warm_start(model)
     layer = model.get_layer("correlation_tower")
@@ -217,7 +217,7 @@ def test_warm_start_errors_name_the_key_and_path(case, trained_tower, data, tmp_
         overrides["data.features"] = (("rgb", 6), ("audio", 4))
         error, pattern = ConfigError, r"data.features=.*4.*does not match.*data.features=.*3"
     config = tiny_config(train, valid, config_file=variant_config_file("netvlad_cm_concat"), **overrides)
-    task = loop.build_task(config)
+    task = tasks.build_task(config)
     with pytest.raises(error, match=pattern):
         task.warm_start(task.build_model())
 

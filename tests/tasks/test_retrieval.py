@@ -15,7 +15,7 @@ from vt_keras.data.video_text_synthetic import make_video_text_data
 from vt_keras.errors import ConfigError, DataError
 from vt_keras.tasks import retrieval
 from vt_keras.tasks.retrieval import RetrievalTask
-from vt_keras.train import loop
+from vt_keras import tasks
 from vt_keras.train.task import StepContext
 
 CLIP_DIM = 8
@@ -127,9 +127,9 @@ def test_two_replicas_match_one_device_with_the_cka_term(data, cache, tmp_path, 
                                          "optimizer.learning_rate": 1.0})
     config.optimizer.momentum = 0.0
     with initial_weights(RetrievalTask) as recorded:
-        _, one = loop.train(config, str(tmp_path / "one"), log=quiet,
+        _, one = tasks.train(config, str(tmp_path / "one"), log=quiet,
                             strategy=tf.distribute.OneDeviceStrategy(logical_cpus[0]))
-        _, two = loop.train(config, str(tmp_path / "two"), strategy=mirrored_strategy(logical_cpus), log=quiet)
+        _, two = tasks.train(config, str(tmp_path / "two"), strategy=mirrored_strategy(logical_cpus), log=quiet)
     start_one, start_two = recorded
     w1, w2 = weights(one), weights(two)
     assert len(w1) == len(w2) == len(start_one) > 0
@@ -147,7 +147,7 @@ def test_training_on_planted_steps_beats_chance_and_restores(data, cache, tmp_pa
     workdir = str(tmp_path / "w")
     task = RetrievalTask(config)
     before = task.evaluate(task.build_model(), data[1])
-    results, model = loop.train(config, workdir, strategy=tf.distribute.OneDeviceStrategy("/cpu:0"), log=quiet)
+    results, model = tasks.train(config, workdir, strategy=tf.distribute.OneDeviceStrategy("/cpu:0"), log=quiet)
     n = results["num_videos"]
     chance = 100.0 / n
     for direction in ("t2v", "v2t"):
@@ -160,7 +160,7 @@ def test_training_on_planted_steps_beats_chance_and_restores(data, cache, tmp_pa
     # What bin/evaluate does: the saved config and the checkpoint give the same numbers.
     from vt_keras.train import checkpoints
 
-    restored_task, restored = loop.restore_model(checkpoints.load_config(workdir), workdir)
+    restored_task, restored = tasks.restore_model(checkpoints.load_config(workdir), workdir)
     again = restored_task.evaluate(restored, data[1])
     for key in ("t2v/R@1", "v2t/R@1", "t2v/MnR"):
         assert again[key] == pytest.approx(results[key])

@@ -14,6 +14,7 @@ from vt_keras.errors import ConfigError
 from vt_keras.losses.crossclr import PRESETS, crossclr_loss
 from vt_keras.tasks import retrieval
 from vt_keras.tasks.retrieval import RetrievalTask
+from vt_keras import tasks
 from vt_keras.train import loop
 from vt_keras.train.task import StepContext
 
@@ -157,7 +158,7 @@ def test_queue_survives_checkpoint_and_resume(data, cache, batch, tmp_path):
     config.train.update(num_steps=4, checkpoint_every=2)
     strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
     straight_dir, resumed_dir = tmp_path / "straight", tmp_path / "resumed"
-    straight = loop.build_task(config)
+    straight = tasks.build_task(config)
     _, model_straight = _train(straight, config, str(straight_dir), strategy)
     # A workdir holding only the step-2 checkpoint, as a run stopped after 2 steps leaves it
     # (copied rather than trained again: the loop takes tens of seconds here).
@@ -167,7 +168,7 @@ def test_queue_survives_checkpoint_and_resume(data, cache, batch, tmp_path):
         shutil.copy(path, resumed_dir / "checkpoints" / path.name)
     (resumed_dir / "checkpoints" / "checkpoint").write_text(
         'model_checkpoint_path: "ckpt-2"\nall_model_checkpoint_paths: "ckpt-2"\n')
-    resumed = loop.build_task(config)
+    resumed = tasks.build_task(config)
     lines = []
     _, model_resumed = _train(resumed, config, str(resumed_dir), strategy, log=lines.append)
     assert any("resumed from" in line and "at step 2" in line for line in lines), lines
@@ -182,13 +183,9 @@ def test_queue_survives_checkpoint_and_resume(data, cache, batch, tmp_path):
 
 
 def _train(task, config, workdir, strategy, log=quiet):
-    """`loop.train` with a given task object, so that its queue can be read afterwards."""
-    original = loop.build_task
-    loop.build_task = lambda c: task
-    try:
-        return loop.train(config, workdir, strategy=strategy, log=log)
-    finally:
-        loop.build_task = original
+    """Trains with a given task object, so that its queue can be read afterwards."""
+    del config  # the task's
+    return loop.train(task, workdir, strategy=strategy, log=log)
 
 
 @pytest.mark.slow
@@ -197,7 +194,7 @@ def test_two_replicas_match_one_device(data, cache, tmp_path, logical_cpus):
     config = tiny_config(data, cache, queue_size=100)
     config.train.num_steps = 1
     config.optimizer.update(name="sgd", learning_rate=1.0, momentum=0.0)
-    one, two = loop.build_task(config), loop.build_task(config)
+    one, two = tasks.build_task(config), tasks.build_task(config)
     strategy = mirrored_strategy(logical_cpus)
     with initial_weights(RetrievalTask) as recorded:
         _, m1 = _train(one, config, str(tmp_path / "one"), tf.distribute.OneDeviceStrategy(logical_cpus[0]))

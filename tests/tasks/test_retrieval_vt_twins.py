@@ -21,7 +21,7 @@ from vt_keras.metrics.alignment import pair_alignments, planted_alignment_scores
 from vt_keras.tasks import retrieval
 from vt_keras.tasks.retrieval import RetrievalTask
 from vt_keras.tasks.retrieval_vt_twins import read_planted_alignment
-from vt_keras.train import loop
+from vt_keras import tasks
 from vt_keras.train.task import StepContext
 
 CLIP_DIM = 8
@@ -186,7 +186,7 @@ def trained(data, cache, tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("trained") / "w")
     logged = []
     with initial_weights(RetrievalTask) as recorded:
-        results, model = loop.train(config, workdir, strategy=tf.distribute.OneDeviceStrategy("/cpu:0"),
+        results, model = tasks.train(config, workdir, strategy=tf.distribute.OneDeviceStrategy("/cpu:0"),
                                     log=logged.append)
     return config, workdir, results, model, logged, recorded[0]
 
@@ -214,9 +214,9 @@ def test_two_replicas_match_one_device(data, cache, tmp_path, logical_cpus):
                                          "optimizer.learning_rate": 0.5, "loss.info_nce_weight": 0.5})
     config.optimizer.momentum = 0.0
     with initial_weights(RetrievalTask) as recorded:
-        _, one = loop.train(config, str(tmp_path / "one"), log=quiet,
+        _, one = tasks.train(config, str(tmp_path / "one"), log=quiet,
                             strategy=tf.distribute.OneDeviceStrategy(logical_cpus[0]))
-        _, two = loop.train(config, str(tmp_path / "two"), strategy=mirrored_strategy(logical_cpus), log=quiet)
+        _, two = tasks.train(config, str(tmp_path / "two"), strategy=mirrored_strategy(logical_cpus), log=quiet)
     start_one, start_two = recorded
     w1, w2 = weights(one), weights(two)
     assert len(w1) == len(w2) == len(start_one) > 0

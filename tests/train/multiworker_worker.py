@@ -23,12 +23,13 @@ import numpy as np  # noqa: E402
 import tests.train.ordered_task  # noqa: E402,F401  (registers the test tasks)
 from tests.yt8m_fixtures import tiny_config  # noqa: E402
 from vt_keras.errors import UserError  # noqa: E402
-from vt_keras.train import loop, strategy as strategy_lib  # noqa: E402
+from vt_keras import tasks  # noqa: E402
+from vt_keras.train import strategy as strategy_lib  # noqa: E402
 
 strategy = strategy_lib.create_strategy("multi_worker")
 config = tiny_config(pattern, **json.loads(overrides))
 try:
-    results, model = loop.train(config, workdir, strategy=strategy, log=lambda *a: print(*a, flush=True))
+    results, model = tasks.train(config, workdir, strategy=strategy, log=lambda *a: print(*a, flush=True))
 except UserError as e:
     print(f"error: {e}", flush=True)
     sys.exit(2)

@@ -15,7 +15,7 @@ from tests.train.ordered_task import OrderedYT8M
 from tests.train.test_loop import SGD, _scalars, assert_same_variables, quiet, variables
 from tests.yt8m_fixtures import tiny_config, write_tiny_yt8m
 from vt_keras.errors import ConfigError, TrainingDiverged
-from vt_keras.train import loop
+from vt_keras import tasks
 from vt_keras.train.step import dtype_policy
 
 DEVICE = "/cpu:0"
@@ -27,7 +27,7 @@ def tiny_data(tmp_path_factory):
 
 
 def run(config, workdir):
-    return loop.train(config, str(workdir), strategy=tf.distribute.OneDeviceStrategy(DEVICE), log=quiet)
+    return tasks.train(config, str(workdir), strategy=tf.distribute.OneDeviceStrategy(DEVICE), log=quiet)
 
 
 def test_steps_per_loop_gives_the_weights_of_single_steps(tiny_data, tmp_path):
@@ -36,7 +36,7 @@ def test_steps_per_loop_gives_the_weights_of_single_steps(tiny_data, tmp_path):
     _, single = run(tiny_config(tiny_data, **base, **{"train.steps_per_loop": 1}), tmp_path / "one")
     lines = []
     config = tiny_config(tiny_data, **base, **{"train.steps_per_loop": 4})
-    _, looped = loop.train(config, str(tmp_path / "four"), strategy=tf.distribute.OneDeviceStrategy(DEVICE),
+    _, looped = tasks.train(config, str(tmp_path / "four"), strategy=tf.distribute.OneDeviceStrategy(DEVICE),
                            log=lines.append)
     # The same operations on the same batches in the same order: float rounding only (see test_loop.py).
     assert_same_variables(variables(single), variables(looped))
@@ -54,7 +54,7 @@ def test_nan_inside_a_loop_stops_at_its_end_and_keeps_the_last_good_checkpoint(t
 
 def _fixed_batch_loss(config, precision, initial):
     """The task's loss on the first training batch, model built under `precision` with the given weights."""
-    task = loop.build_task(config)
+    task = tasks.build_task(config)
     with dtype_policy(precision):
         model = task.build_model()
     for v in model.variables:
@@ -128,8 +128,8 @@ def test_xla_names_the_op_it_cannot_compile(tiny_data, tmp_path):
 def test_export_of_a_mixed_precision_model_serves_float32(tiny_data, tmp_path):
     config = tiny_config(tiny_data, **{"train.num_steps": 1, "train.checkpoint_every": 0,
                                        "train.precision": "mixed_bfloat16"})
-    task = loop.build_task(config)
-    _, model = loop.train(config, str(tmp_path / "w"), strategy=tf.distribute.OneDeviceStrategy(DEVICE), log=quiet,
+    task = tasks.build_task(config)
+    _, model = tasks.train(config, str(tmp_path / "w"), strategy=tf.distribute.OneDeviceStrategy(DEVICE), log=quiet,
                           task=task)
     task.export(model, str(tmp_path / "export"))
     serve = tf.saved_model.load(str(tmp_path / "export")).signatures["predict_features"]

@@ -20,7 +20,7 @@ from tests.conftest import mirrored_strategy
 from tests.train.ordered_task import OrderedYT8M
 from tests.yt8m_fixtures import tiny_config, write_tiny_yt8m
 from vt_keras.errors import CheckpointError, TrainingDiverged
-from vt_keras.train import loop
+from vt_keras import tasks
 
 # SGD with momentum: linear in the gradients (see the module docstring).
 SGD = {"optimizer.name": "sgd", "optimizer.learning_rate": 0.05, "optimizer.momentum": 0.9}
@@ -71,10 +71,10 @@ def _value(model, path):
 def test_mirrored_two_replicas_match_one_device(tiny_data, tmp_path, logical_cpus):
     config = tiny_config(tiny_data, **SGD, **{"task": "test_ordered", "train.num_steps": 4,
                                               "train.checkpoint_every": 0})
-    _, one = loop.train(config, str(tmp_path / "one"), strategy=tf.distribute.OneDeviceStrategy(logical_cpus[0]),
+    _, one = tasks.train(config, str(tmp_path / "one"), strategy=tf.distribute.OneDeviceStrategy(logical_cpus[0]),
                         log=quiet)
     initial = OrderedYT8M.initial_variables
-    _, two = loop.train(config, str(tmp_path / "two"), strategy=mirrored_strategy(logical_cpus), log=quiet)
+    _, two = tasks.train(config, str(tmp_path / "two"), strategy=mirrored_strategy(logical_cpus), log=quiet)
     assert_same_variables(variables(one), variables(two))
     # The comparison means something only if training moved the weights from where they started.
     assert_moved(one, initial)
@@ -99,7 +99,7 @@ def test_gradient_clipping_scales_the_update_to_the_clip_norm(tiny_data, tmp_pat
     base = {"task": "test_ordered", "train.num_steps": 1, "train.checkpoint_every": 0,
             "optimizer.name": "sgd", "optimizer.learning_rate": lr, "optimizer.momentum": 0.0}
     device = tf.distribute.OneDeviceStrategy(logical_cpus[0])
-    _, plain = loop.train(tiny_config(tiny_data, **base), str(tmp_path / "plain"), strategy=device, log=quiet)
+    _, plain = tasks.train(tiny_config(tiny_data, **base), str(tmp_path / "plain"), strategy=device, log=quiet)
     initial = OrderedYT8M.initial_variables
     paths = [v.path for v in plain.trainable_variables]
     plain_update = [_value(plain, p).astype(np.float64) - initial[p] for p in paths]
@@ -107,8 +107,8 @@ def test_gradient_clipping_scales_the_update_to_the_clip_norm(tiny_data, tmp_pat
 
     clip = grad_norm / 4  # active: the clipped step is a quarter of the plain one
     clipped_cfg = tiny_config(tiny_data, **base, **{"train.grad_clip_norm": float(clip)})
-    _, clipped = loop.train(clipped_cfg, str(tmp_path / "clipped"), strategy=device, log=quiet)
-    _, two = loop.train(clipped_cfg, str(tmp_path / "two"), strategy=mirrored_strategy(logical_cpus), log=quiet)
+    _, clipped = tasks.train(clipped_cfg, str(tmp_path / "clipped"), strategy=device, log=quiet)
+    _, two = tasks.train(clipped_cfg, str(tmp_path / "two"), strategy=mirrored_strategy(logical_cpus), log=quiet)
     clipped_update = [_value(clipped, p).astype(np.float64) - initial[p] for p in paths]
 
     # An update read back as `w1 - w0` in float32 is off by up to half an ulp
@@ -134,7 +134,7 @@ def test_nan_or_inf_loss_stops_and_keeps_last_good_checkpoint(tiny_data, tmp_pat
                                        "train.checkpoint_every": 2})
     workdir = str(tmp_path / "w")
     with pytest.raises(TrainingDiverged, match=rf"loss became {bad} at step 4.*ckpt-2"):
-        loop.train(config, workdir, strategy=tf.distribute.OneDeviceStrategy("/cpu:0"), log=quiet)
+        tasks.train(config, workdir, strategy=tf.distribute.OneDeviceStrategy("/cpu:0"), log=quiet)
     assert tf.train.latest_checkpoint(os.path.join(workdir, "checkpoints")).endswith("ckpt-2")
 
 
@@ -143,24 +143,24 @@ def test_resume_continues_the_interrupted_data_stream(tiny_data, tmp_path):
     # the interrupted run had not reached yet, not on a new shuffle.
     strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
     workdir = str(tmp_path / "w")
-    loop.train(tiny_config(tiny_data, **SGD, **{"train.num_steps": 2}), workdir, strategy=strategy, log=quiet)
+    tasks.train(tiny_config(tiny_data, **SGD, **{"train.num_steps": 2}), workdir, strategy=strategy, log=quiet)
     lines = []
     config = tiny_config(tiny_data, **SGD, **{"train.num_steps": 5})
-    results, resumed = loop.train(config, workdir, strategy=strategy, log=lines.append)
+    results, resumed = tasks.train(config, workdir, strategy=strategy, log=lines.append)
     assert results["step"] == 5
     assert any("resumed from" in line and "step 2" in line for line in lines)
     with open(os.path.join(workdir, "metrics.json")) as f:
         assert json.load(f)["step"] == 5
-    _, straight = loop.train(config, str(tmp_path / "straight"), strategy=strategy, log=quiet)
+    _, straight = tasks.train(config, str(tmp_path / "straight"), strategy=strategy, log=quiet)
     assert_same_variables(variables(resumed), variables(straight))
 
 
 def test_workdir_of_a_different_model_is_refused(tiny_data, tmp_path):
     workdir = str(tmp_path / "w")
     strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
-    loop.train(tiny_config(tiny_data, **{"train.num_steps": 1}), workdir, strategy=strategy, log=quiet)
+    tasks.train(tiny_config(tiny_data, **{"train.num_steps": 1}), workdir, strategy=strategy, log=quiet)
     before = sorted(os.listdir(os.path.join(workdir, "checkpoints")))
     other = tiny_config(tiny_data, **{"train.num_steps": 2, "model.hidden_size": 32})
     with pytest.raises(CheckpointError, match=r"different model.*model.hidden_size: checkpoint 16 vs now 32"):
-        loop.train(other, workdir, strategy=strategy, log=quiet)
+        tasks.train(other, workdir, strategy=strategy, log=quiet)
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == before

@@ -13,7 +13,7 @@ import tensorflow as tf
 from tests.conftest import REPO_ROOT
 from tests.train.test_loop import SGD, assert_same_variables, quiet, variables
 from tests.yt8m_fixtures import tiny_config, write_tiny_yt8m
-from vt_keras.train import loop
+from vt_keras import tasks
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +52,7 @@ def test_two_workers_match_one_device_on_the_same_global_batches(tiny_data, tmp_
         assert p.returncode == 0, out[-3000:]
         assert "done at step 3" in out
     assert tf.train.latest_checkpoint(str(tmp_path / "w" / "checkpoints")).endswith("ckpt-3")
-    _, one = loop.train(tiny_config(tiny_data, **overrides), str(tmp_path / "one"),
+    _, one = tasks.train(tiny_config(tiny_data, **overrides), str(tmp_path / "one"),
                         strategy=tf.distribute.OneDeviceStrategy("/cpu:0"), log=quiet)
     expected = variables(one)
     for out in outputs:

@@ -13,7 +13,8 @@ import tensorflow as tf
 from tests.conftest import REPO_ROOT
 from tests.train.test_loop import SGD, assert_same_variables, variables
 from tests.yt8m_fixtures import write_tiny_yt8m
-from vt_keras.train import checkpoints, loop
+from vt_keras import tasks
+from vt_keras.train import checkpoints
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +44,7 @@ def _train_cmd(config_file, workdir):
 
 
 def _final_variables(workdir):
-    _, model = loop.restore_model(checkpoints.load_config(str(workdir)), str(workdir))
+    _, model = tasks.restore_model(checkpoints.load_config(str(workdir)), str(workdir))
     return variables(model)
 
 

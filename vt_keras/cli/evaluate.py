@@ -32,7 +32,8 @@ def main(argv):
     if len(argv) > 1:
         raise common.ConfigError(f"unexpected arguments {argv[1:]}; flags take the form --name=value")
     # Imported here, not at the top: --help and flag errors answer without loading TensorFlow.
-    from vt_keras.train import checkpoints, loop
+    from vt_keras import tasks
+    from vt_keras.train import checkpoints
 
     config = checkpoints.load_config(FLAGS.workdir)
     if FLAGS.taxonomy is not None:
@@ -40,7 +41,7 @@ def main(argv):
     if FLAGS.skip_corrupt_records:
         config.data.skip_corrupt_records = True
     pattern = FLAGS.data or config.data.eval_pattern
-    task, model = loop.restore_model(config, FLAGS.workdir)
+    task, model = tasks.restore_model(config, FLAGS.workdir)
     results = task.evaluate(model, pattern)
     print(task.format_results(results))
     output = FLAGS.output or os.path.join(FLAGS.workdir, "eval_metrics.json")

@@ -23,10 +23,11 @@ def define_flags():
 def main(argv):
     if len(argv) > 1:
         raise common.ConfigError(f"unexpected arguments {argv[1:]}; flags take the form --name=value")
-    from vt_keras.train import checkpoints, loop
+    from vt_keras import tasks
+    from vt_keras.train import checkpoints
 
     config = checkpoints.load_config(FLAGS.workdir)
-    task, model = loop.restore_model(config, FLAGS.workdir)
+    task, model = tasks.restore_model(config, FLAGS.workdir)
     task.export(model, FLAGS.export_dir)
     print(f"exported {FLAGS.workdir} to {FLAGS.export_dir}")
     return 0

@@ -97,7 +97,8 @@ def plot_alignment(workdir, pattern, output, video_id=None, scores_output=None):
     from vt_keras.metrics.alignment import (PAPER_ALIGNMENT, pair_alignments, planted_alignment_scores,
                                             s2dtw_retrieval_metrics)
     from vt_keras.tasks.retrieval_vt_twins import read_planted_alignment
-    from vt_keras.train import checkpoints, loop
+    from vt_keras import tasks
+    from vt_keras.train import checkpoints
 
     config = checkpoints.load_config(workdir)
     if config.task != "retrieval":
@@ -105,7 +106,7 @@ def plot_alignment(workdir, pattern, output, video_id=None, scores_output=None):
     alignment = dict(PAPER_ALIGNMENT)
     if config.loss.name == "vt_twins":
         alignment = dict(gamma=config.loss.vt_twins.gamma, theta=config.loss.vt_twins.theta)
-    task, model = loop.restore_model(config, workdir)
+    task, model = tasks.restore_model(config, workdir)
     truth = read_planted_alignment(pattern)
     embedded = task.embed_sequences(model, pattern)
     ids, captions, video, text = embedded["ids"], embedded["captions"], embedded["video"], embedded["text"]

@@ -159,7 +159,8 @@ def plot_attention(workdir, pattern, output, video_id=None):
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    from vt_keras.train import checkpoints, loop
+    from vt_keras import tasks
+    from vt_keras.train import checkpoints
 
     config = checkpoints.load_config(workdir)
     if config.get("task") != "yt8m":
@@ -168,7 +169,7 @@ def plot_attention(workdir, pattern, output, video_id=None):
     if agg_name not in _UNIT_NAMES:
         raise ConfigError(f"--workdir={workdir} has model.aggregator={agg_name!r}, which has no attention "
                           f"weights; expected one of {', '.join(sorted(_UNIT_NAMES))}")
-    task, model = loop.restore_model(config, workdir)
+    task, model = tasks.restore_model(config, workdir)
     video = find_video(task, pattern, video_id)
     streams, correlation = attention_maps(model, config.model, task.features, task.model_inputs(video))
     frames = int(video["num_frames"][0])

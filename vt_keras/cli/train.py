@@ -52,10 +52,11 @@ def default_workdir(config_path):
 
 def train_one(config, workdir, strategy, log=print):
     """Trains one config with one task object (the one that trains is the one that exports)."""
+    from vt_keras import tasks
     from vt_keras.train import loop, strategy as strategy_lib
 
-    task = loop.build_task(config)
-    results, model = loop.train(config, workdir, strategy=strategy, log=log, task=task)
+    task = tasks.build_task(config)
+    results, model = loop.train(task, workdir, strategy=strategy, log=log)
     export_dir = None
     if FLAGS.export and strategy_lib.is_chief(strategy):
         export_dir = task.export(model, os.path.join(workdir, "export"))

@@ -37,7 +37,7 @@ from keras import ops
 from vt_keras.data.cka_synthetic import make_pairs, train_dataset
 from vt_keras.errors import ConfigError
 from vt_keras.losses.cka import cka
-from vt_keras.tasks.yt8m import track_weights_by_path
+from vt_keras.train.checkpoints import track_variables
 from vt_keras.train.task import TASKS, Task
 
 METHODS = ("cos_only", "cka_only", "cos_cka")
@@ -171,7 +171,7 @@ class CKASynthetic(Task):
 
     def build_model(self):
         """`build_encoders(data.dim, **model)`."""
-        return track_weights_by_path(build_encoders(self.config.data.dim, **self.config.model))
+        return track_variables(build_encoders(self.config.data.dim, **self.config.model))
 
     def train_dataset(self, input_context):
         per_replica = input_context.get_per_replica_batch_size(int(self.config.train.batch_size))

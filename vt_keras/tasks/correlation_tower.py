@@ -35,10 +35,11 @@ from vt_keras.data.taxonomy import Taxonomy
 from vt_keras.errors import DataError
 from vt_keras.layers.correlation_tower import correlation_metrics, weighted_binary_crossentropy
 from vt_keras.models.video_classifier import build_tower_model
-from vt_keras.tasks.yt8m import YT8MClassification, track_weights_by_path
+from vt_keras.tasks.yt8m import TOWER_TASK, YT8MClassification
+from vt_keras.train.checkpoints import track_variables
 from vt_keras.train.task import TASKS
 
-TASK_NAME = "correlation_tower"
+TASK_NAME = TOWER_TASK
 _UNSET = object()
 
 
@@ -100,7 +101,7 @@ class CorrelationTowerTask(YT8MClassification):
 
     def build_model(self):
         self.top_levels()  # read the taxonomy here, not while a step function is traced
-        return track_weights_by_path(build_tower_model(self.config.model, self.features, self.max_frames))
+        return track_variables(build_tower_model(self.config.model, self.features, self.max_frames))
 
     def top_levels(self):
         """The class → top-level matrix from `data.taxonomy` ("auto": beside the training files), or None."""
@@ -249,66 +250,3 @@ def uncorrelated_flags(pattern):
     if not videos or not all("uncorrelated_audio" in v for v in videos):
         return None
     return {v["id"]: bool(v["uncorrelated_audio"]) for v in videos}
-
-
-def _tower_shape(tower_cfg):
-    """The hyperparameters that fix the tower's weights: `(hidden_units, embedding_dim)`."""
-    import inspect
-
-    from vt_keras.layers.correlation_tower import CorrelationTower
-
-    defaults = inspect.signature(CorrelationTower.__init__).parameters
-    kw = dict(tower_cfg or {})
-    units = kw.get("hidden_units", defaults["hidden_units"].default)
-    units = (int(units),) if isinstance(units, int) else tuple(int(u) for u in units)
-    return {"hidden_units": list(units), "embedding_dim": int(kw.get("embedding_dim", defaults["embedding_dim"].default))}
-
-
-def load_tower_weights(tower_layer, config):
-    """Copies the latest checkpoint of `config.model.tower_workdir` into `tower_layer`.
-
-    Raises a `ConfigError` when the key is empty or the tower workdir's
-    config disagrees with `config.model.tower` or `config.data.features`, and
-    a `CheckpointError` when the workdir or its checkpoint is missing or does
-    not fit.
-    """
-    from vt_keras.errors import CheckpointError, ConfigError
-    from vt_keras.models.video_classifier import TOWER_LAYER, build_tower_model
-    from vt_keras.train import checkpoints
-
-    workdir = config.model.get("tower_workdir", "")
-    fusion = config.model.get("fusion")
-    if not workdir:
-        raise ConfigError(f"model.tower_workdir is empty; model.fusion={fusion!r} needs the workdir of a trained "
-                          "correlation tower (bin/train --config=configs/yt8m/correlation_tower.py)")
-    if not tf.io.gfile.isdir(workdir):
-        raise CheckpointError(f"model.tower_workdir={workdir}: no such directory; expected the workdir of a "
-                              "trained correlation tower")
-    latest = tf.train.latest_checkpoint(os.path.join(workdir, checkpoints.CHECKPOINT_DIR))
-    if latest is None:
-        raise CheckpointError(f"model.tower_workdir={workdir} has no checkpoint in {checkpoints.CHECKPOINT_DIR}/; "
-                              "expected the workdir of a trained correlation tower")
-    saved = checkpoints.load_config(workdir)
-    where = os.path.join(workdir, checkpoints.CONFIG_FILE)
-    if saved.get("task") != TASK_NAME:
-        raise ConfigError(f"model.tower_workdir={workdir}: {where} has task={saved.get('task')!r}; expected "
-                          f"{TASK_NAME!r}")
-    mine, theirs = _tower_shape(config.model.get("tower")), _tower_shape(saved.model.get("tower"))
-    if mine != theirs:
-        raise ConfigError(f"model.tower={mine} does not match the tower in model.tower_workdir ({where}: "
-                          f"model.tower={theirs}); set model.tower to the tower's values")
-    features = [[str(n), int(d)] for n, d in config.data.features]
-    saved_features = [[str(n), int(d)] for n, d in saved.data.features]
-    if [d for _, d in features] != [d for _, d in saved_features]:
-        raise ConfigError(f"data.features={features} does not match the tower in model.tower_workdir "
-                          f"({where}: data.features={saved_features})")
-    tower_model = track_weights_by_path(build_tower_model(saved.model, [tuple(f) for f in saved_features]))
-    status = tf.train.Checkpoint(model=tower_model).restore(latest)
-    try:
-        status.assert_existing_objects_matched()
-    except AssertionError as e:
-        raise CheckpointError(f"checkpoint {latest} (model.tower_workdir) does not fit the correlation tower of "
-                              f"{where} ({str(e).splitlines()[0][:200]})") from e
-    status.expect_partial()
-    tower_layer.set_weights(tower_model.get_layer(TOWER_LAYER).get_weights())
-    return latest

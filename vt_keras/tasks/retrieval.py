@@ -36,7 +36,7 @@ Example:
 ```python
 config = load_config_file("configs/retrieval/info_nce.py")
 RetrievalTask.prepare_config(config)
-results, model = vt_keras.train.loop.train(config, "runs/info_nce")
+results, model = vt_keras.tasks.train(config, "runs/info_nce")
 results["t2v/R@1"]
 ```
 """
@@ -58,8 +58,8 @@ from vt_keras.losses.contrastive import info_nce
 from vt_keras.metrics.retrieval import retrieval_metrics
 from vt_keras.models.dual_encoder import INPUT_KEYS, DualEncoder
 from vt_keras.registry import Registry
-from vt_keras.tasks.yt8m import track_weights_by_path
 from vt_keras.text import build_vocabulary, load_vocabulary, save_vocabulary
+from vt_keras.train.checkpoints import track_variables
 from vt_keras.train.task import TASKS, Task, fill_default_data
 
 TASK_NAME = "retrieval"
@@ -235,7 +235,7 @@ class RetrievalTask(Task):
         # are made here, and trackables() puts them into checkpoints.
         self.loss_state = self.loss.build()
         # The Transformer blocks live in Python lists: make them reach checkpoints.
-        return track_weights_by_path(model)
+        return track_variables(model)
 
     def dataset(self, pattern, batch_size, training=False, input_context=None):
         return records(self.config, pattern, batch_size, training=training, input_context=input_context,

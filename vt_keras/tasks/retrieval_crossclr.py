@@ -39,7 +39,7 @@ Example:
 
 ```python
 config = load_config_file("configs/retrieval/crossclr.py:lsmdc")
-results, model = vt_keras.train.loop.train(config, "runs/crossclr")
+results, model = vt_keras.tasks.train(config, "runs/crossclr")
 ```
 """
 import tensorflow as tf

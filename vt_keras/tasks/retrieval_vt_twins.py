@@ -26,7 +26,7 @@ Example:
 ```python
 config = load_config_file("configs/retrieval/vt_twins.py")
 RetrievalTask.prepare_config(config)
-results, model = vt_keras.train.loop.train(config, "runs/vt_twins")
+results, model = vt_keras.tasks.train(config, "runs/vt_twins")
 ```
 """
 import keras

@@ -15,7 +15,9 @@ from vt_keras.data import synthetic, yt8m
 from vt_keras.data.taxonomy import Taxonomy
 from vt_keras.errors import ConfigError, DataError
 from vt_keras.metrics.yt8m import YT8MMetrics, format_table
-from vt_keras.models.video_classifier import CKA_LAYER, TOWER_LAYER, build_video_classifier
+from vt_keras.models.video_classifier import CKA_LAYER, TOWER_LAYER, build_tower_model, build_video_classifier
+from vt_keras.train import checkpoints
+from vt_keras.train.checkpoints import track_variables
 from vt_keras.train.task import TASKS, Task, fill_default_data
 
 EPSILON = 1e-7
@@ -28,12 +30,12 @@ def multilabel_cross_entropy(labels, probs):
     ce = -(labels * tf.math.log(probs) + (1.0 - labels) * tf.math.log(1.0 - probs))
     return tf.reduce_sum(ce, axis=-1)
 
+# The task that trains the correlation tower the cm_* fusions load (tasks/correlation_tower.py).
+TOWER_TASK = "correlation_tower"
 
-def track_weights_by_path(model):
-    """See `vt_keras.train.checkpoints.track_variables`."""
-    from vt_keras.train.checkpoints import track_variables
 
-    return track_variables(model)
+def _as_list(value):
+    return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
 @TASKS.register("yt8m")
@@ -69,20 +71,44 @@ class YT8MClassification(Task):
 
     def build_model(self):
         model = build_video_classifier(self.config.model, self.features, self.num_classes, self.max_frames)
-        return track_weights_by_path(model)
+        return track_variables(model)
 
     def warm_start(self, model):
         """Loads the trained correlation tower of `model.tower_workdir` into a cm_* classifier.
 
         The classifier's `correlation_tower` layer is frozen, so the loaded
-        weights stay as trained. Other fusions load nothing.
+        weights stay as trained. Other fusions load nothing. A tower workdir
+        of another task, tower size or feature sizes is one `ConfigError`
+        line; a missing or unfitting checkpoint one `CheckpointError` line.
         """
         if not self.config.model.fusion.startswith("cm_"):
             return
-        # Imported here: tasks.correlation_tower imports this module (the loader moves to train/).
-        from vt_keras.tasks.correlation_tower import load_tower_weights
-
-        load_tower_weights(model.get_layer(TOWER_LAYER), self.config)
+        workdir, model_cfg = self.config.model.tower_workdir, self.config.model
+        if not workdir:
+            raise ConfigError(f"model.tower_workdir is empty; model.fusion={model_cfg.fusion!r} needs the workdir "
+                              "of a trained correlation tower (bin/train --config=configs/yt8m/correlation_tower.py)")
+        what = "the workdir of a trained correlation tower"
+        latest = checkpoints.latest_checkpoint(workdir, what, name=f"model.tower_workdir={workdir}")
+        saved = checkpoints.load_config(workdir)
+        where = os.path.join(workdir, checkpoints.CONFIG_FILE)
+        if saved.get("task") != TOWER_TASK:
+            raise ConfigError(f"model.tower_workdir={workdir}: {where} has task={saved.get('task')!r}; expected "
+                              f"{TOWER_TASK!r}")
+        # The keys that fix the tower's weights (dropout does not; the frozen copy has none).
+        shape = ("hidden_units", "embedding_dim")
+        mine = {k: _as_list(model_cfg.tower[k]) for k in shape}
+        theirs = {k: _as_list(saved.model.tower[k]) for k in shape}
+        if mine != theirs:
+            raise ConfigError(f"model.tower={mine} does not match the tower in model.tower_workdir ({where}: "
+                              f"model.tower={theirs}); set model.tower to the tower's values")
+        dims, saved_features = [d for _, d in self.features], [(str(n), int(d)) for n, d in saved.data.features]
+        if dims != [d for _, d in saved_features]:
+            raise ConfigError(f"data.features={list(self.features)} does not match the tower in "
+                              f"model.tower_workdir ({where}: data.features={saved_features})")
+        tower_model = track_variables(build_tower_model(saved.model, saved_features))
+        checkpoints.restore_verified(latest, f"the correlation tower of {where}", "retrain the tower",
+                                     model=tower_model)
+        model.get_layer(TOWER_LAYER).set_weights(tower_model.get_layer(TOWER_LAYER).get_weights())
 
     def dataset(self, pattern, batch_size, training=False, input_context=None):
         d = self.config.data

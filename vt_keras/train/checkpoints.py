@@ -129,13 +129,21 @@ def restore_verified(path, what, hint, **trackables):
     return path
 
 
-def latest_checkpoint(workdir, what):
-    """The newest checkpoint of a workdir, or one `CheckpointError` line naming `what` was expected."""
+def latest_checkpoint(workdir, what, name=None):
+    """The newest checkpoint of a workdir, or one `CheckpointError` line.
+
+    Args:
+        workdir: the directory a `train` run wrote.
+        what: what the workdir should have been, for the message.
+        name: how the user gave the workdir (`--workdir=runs/a`,
+            `model.tower_workdir=runs/t`); default: the path.
+    """
+    name = name or workdir
     if not tf.io.gfile.isdir(workdir):
-        raise CheckpointError(f"{workdir}: no such directory; expected {what}")
+        raise CheckpointError(f"{name}: no such directory; expected {what}")
     path = tf.train.latest_checkpoint(os.path.join(workdir, CHECKPOINT_DIR))
     if path is None:
-        raise CheckpointError(f"{workdir} has no checkpoint in {CHECKPOINT_DIR}/; expected {what}")
+        raise CheckpointError(f"{name} has no checkpoint in {CHECKPOINT_DIR}/; expected {what}")
     return path
 
 

@@ -21,18 +21,11 @@ import keras
 import tensorflow as tf
 from absl import logging
 
-from vt_keras.errors import CheckpointError, ConfigError, TrainingDiverged, TrainingInterrupted
+from vt_keras.errors import ConfigError, TrainingDiverged, TrainingInterrupted
 from vt_keras.train import checkpoints, preemption, step as step_lib, strategy as strategy_lib
 from vt_keras.train.schedules import LearningRate, ReduceOnPlateau, build_optimizer
-from vt_keras.train.task import TASKS
 
 METRICS_FILE = "metrics.json"
-
-
-def build_task(config):
-    import vt_keras.tasks  # noqa: F401  (registers the tasks)
-
-    return TASKS.get(config.task, key="task")(config)
 
 
 def _write_scalars(writer, step, scalars):
@@ -57,7 +50,7 @@ def _checkpoint_or_none(keeper):
     return keeper.latest or "none yet"
 
 
-def train(config, workdir, strategy=None, log=print, task=None):
+def train(task, workdir, strategy=None, log=print):
     """Trains `config` into `workdir`; returns `(final evaluation metrics, model)`.
 
     Resumes from the latest checkpoint in `workdir` if there is one and stops
@@ -71,14 +64,14 @@ def train(config, workdir, strategy=None, log=print, task=None):
     `TrainingInterrupted`; the rerun of the same command continues from it.
 
     Args:
-        config: the run's `ConfigDict`.
+        task: the run's `Task` (`vt_keras.tasks.build_task(config)`); its
+            `config` holds every setting.
         workdir: where checkpoints, summaries, `config.json` and
             `metrics.json` go.
         strategy: a `tf.distribute.Strategy` (default: `auto`).
         log: where progress lines go.
-        task: the run's `Task` if the caller built it already (one task per
-            run); built from `config` otherwise.
     """
+    config = task.config
     strategy = strategy or strategy_lib.create_strategy("auto")
     chief = strategy_lib.is_chief(strategy)
     num_replicas = strategy.num_replicas_in_sync
@@ -92,7 +85,6 @@ def train(config, workdir, strategy=None, log=print, task=None):
         # running; tf.data keeps its element order (it does by default here).
         tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(int(config.seed))
-    task = task or build_task(config)
     checkpoints.check_same_model(config, workdir)
     if chief:
         checkpoints.save_config(config, workdir)
@@ -225,13 +217,3 @@ def train(config, workdir, strategy=None, log=print, task=None):
             json.dump(results, f, indent=2, sort_keys=True)
     logging.info("final metrics: %s", results)
     return results, model
-
-
-def restore_model(config, workdir):
-    """Builds the task's model and loads the latest checkpoint of `workdir` into it."""
-    task = build_task(config)
-    model = task.build_model()
-    path = checkpoints.latest_checkpoint(workdir, "the workdir of a `train` run")
-    checkpoints.restore_verified(path, f"the model of {workdir}/{checkpoints.CONFIG_FILE}",
-                                 "was the workdir trained by another version of the config?", model=model)
-    return task, model
