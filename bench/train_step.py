@@ -1,8 +1,9 @@
 """Training-step throughput of every YouTube-8M classifier variant.
 
-One step is the forward pass, the loss (the task's multi-label cross-entropy),
-the backward pass and Adam's update, under one `tf.function`, on an in-memory
-batch of the real shapes: rgb 1024 + audio 128 per frame, `--frames` frames
+One step is the trainer's own step (`vt_keras.train.step`: the task's
+forward pass and multi-label cross-entropy, the backward pass and Adam's
+update, under one `tf.function` on one device), on an in-memory batch of the
+real shapes: rgb 1024 + audio 128 per frame, `--frames` frames
 (100, the default data's maximum; 300 for YouTube-8M), 88 classes, a random
 number of valid frames per video. Measured: the default config
 (configs/yt8m/late_fusion.py) and every variant `<aggregator>_<fusion>` of
@@ -12,9 +13,13 @@ correlation tower. The variants are compiled first and then
 timed round-robin (`--rounds` × `--steps`), so that a change of machine load
 affects all of them alike. Reports examples/s and, for each
 cross-modal variant, its step time as a ratio to the late-fusion baseline of
-the same aggregator.
+the same aggregator. `--precisions` and `--jit_compile` measure each config
+under every listed precision (`train.precision`) and XLA setting
+(`train.jit_compile`); a setting a model cannot compile is reported, not
+fatal.
 
     python bench/train_step.py                      # T = 100, batch 64
+    python bench/train_step.py --precisions float32,mixed_bfloat16,mixed_float16 --jit_compile false,true
     python bench/train_step.py --frames 300 --json train_step_300.json
     python bench/train_step.py --configs netvlad_late,netvlad_cm_concat --steps 10
     python bench/train_step.py --configs pool_early,pool_late
@@ -63,33 +68,43 @@ def make_batch(batch_size, frames, num_classes, seed=0):
     return batch, labels
 
 
-def build_step(name, batch_size, frames, num_classes):
-    """The compiled training step of config `name` and its parameter counts."""
-    import keras
+def build_step(name, batch_size, frames, num_classes, precision="float32", jit_compile=False):
+    """The trainer's compiled step for config `name` under a precision and XLA setting, and its sizes."""
     import tensorflow as tf
 
+    from vt_keras import tasks
     from vt_keras.cli.common import load_config_file
-    from vt_keras.models.video_classifier import build_video_classifier
-    from vt_keras.tasks.yt8m import multilabel_cross_entropy
+    from vt_keras.train import step as step_lib
+    from vt_keras.train.schedules import build_optimizer
 
     config = load_config_file(config_file(name))
-    model = build_video_classifier(config.model, FEATURES, num_classes, frames)
-    optimizer = keras.optimizers.Adam(1e-3)
-    optimizer.build(model.trainable_variables)
+    config.data.features = FEATURES
+    config.data.num_classes = num_classes
+    config.data.max_frames = frames
+    task = tasks.build_task(config)
+    strategy = tf.distribute.OneDeviceStrategy("/gpu:0" if tf.config.list_logical_devices("GPU") else "/cpu:0")
+    with step_lib.dtype_policy(precision), strategy.scope():
+        model = task.build_model()
+        optimizer = step_lib.wrap_optimizer(build_optimizer(config.optimizer), precision)
+        optimizer.build(model.trainable_variables)
+    counter = tf.Variable(0, dtype=tf.int64, trainable=False)
+    replica_step = step_lib.make_replica_step(task, model, optimizer, counter, global_batch_size=batch_size,
+                                              num_replicas=1, jit_compile=jit_compile)
     inputs, labels = make_batch(batch_size, frames, num_classes)
-    inputs = {k: tf.constant(v) for k, v in inputs.items()}
-    labels = tf.constant(labels)
+    batch = {k: tf.constant(v) for k, v in inputs.items()}
+    batch["labels"] = tf.constant(labels)
 
     @tf.function
     def step():
-        with tf.GradientTape() as tape:
-            loss = tf.reduce_mean(multilabel_cross_entropy(labels, model(inputs, training=True)))
-        grads = tape.gradient(loss, model.trainable_variables)
-        optimizer.apply_gradients(zip(grads, model.trainable_variables))
-        return loss
+        loss, _, _ = strategy.run(replica_step, args=(batch, tf.constant(0.0)))
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None)
 
-    return step, {"config": name, "params": int(sum(np.prod(v.shape) for v in model.trainable_variables)),
-                  "frozen_params": int(sum(np.prod(v.shape) for v in model.non_trainable_variables))}
+    label = name if (precision, jit_compile) == ("float32", False) else \
+        f"{name} [{precision}{', XLA' if jit_compile else ''}]"
+    return step, {"config": name, "label": label, "precision": precision, "jit_compile": jit_compile,
+                  "params": int(sum(np.prod(v.shape) for v in model.trainable_variables)),
+                  "frozen_params": int(sum(np.prod(v.shape) for v in model.non_trainable_variables)),
+                  "device": strategy.extended.worker_devices[0]}
 
 
 def main():
@@ -102,6 +117,8 @@ def main():
                         "of all timed steps reported)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (the first one traces)")
     parser.add_argument("--configs", default="", help="comma-separated config names (default: all)")
+    parser.add_argument("--precisions", default="float32", help="comma-separated train.precision values")
+    parser.add_argument("--jit_compile", default="false", help="comma-separated train.jit_compile values")
     parser.add_argument("--json", default=None, help="write the results to this JSON file")
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -110,44 +127,55 @@ def main():
     tf.get_logger().setLevel("ERROR")  # one tf.function per variant is intended, not "retracing"
 
     names = [n for n in args.configs.split(",") if n] or config_names()
+    settings = [(p, j.strip().lower() == "true") for p in args.precisions.split(",") for j in args.jit_compile.split(",")]
     load = os.getloadavg()
     steps, rows, times = {}, [], {}
     for name in names:
-        start = time.perf_counter()
-        steps[name], row = build_step(name, args.batch_size, args.frames, args.num_classes)
-        for _ in range(args.warmup):
-            float(steps[name]())
-        row["trace_and_warmup_seconds"] = time.perf_counter() - start
-        rows.append(row)
-        times[name] = []
+        for precision, jit in settings:
+            start = time.perf_counter()
+            try:
+                step, row = build_step(name, args.batch_size, args.frames, args.num_classes, precision, jit)
+                for _ in range(args.warmup):
+                    float(step())
+            except Exception as e:  # noqa: BLE001  (a setting that cannot run is a result, not a crash)
+                print(f"{name} [{precision}{', XLA' if jit else ''}]: cannot run ({type(e).__name__}: "
+                      f"{str(e).strip().splitlines()[0][:160]})", flush=True)
+                continue
+            row["trace_and_warmup_seconds"] = time.perf_counter() - start
+            steps[row["label"]] = step
+            rows.append(row)
+            times[row["label"]] = []
     # Round robin, so that a change of machine load hits every variant alike.
     for _ in range(args.rounds):
-        for name in names:
+        for row in rows:
             for _ in range(args.steps):
                 start = time.perf_counter()
-                float(steps[name]())
-                times[name].append(time.perf_counter() - start)
+                float(steps[row["label"]]())
+                times[row["label"]].append(time.perf_counter() - start)
     for row in rows:
-        t = np.asarray(times[row["config"]])
+        t = np.asarray(times[row["label"]])
         row.update(step_seconds_median=float(np.median(t)), step_seconds_min=float(t.min()),
-                   examples_per_sec=args.batch_size / float(np.median(t)))
-        print(f"{row['config']:<24} {row['examples_per_sec']:9.1f} ex/s  {1000 * row['step_seconds_median']:9.1f} "
-              f"ms/step", flush=True)
-    by_name = {r["config"]: r for r in rows}
+                   step_seconds_max=float(t.max()), examples_per_sec=args.batch_size / float(np.median(t)))
+        print(f"{row['label']:<44} {row['examples_per_sec']:9.1f} ex/s  {1000 * row['step_seconds_median']:9.1f} "
+              f"ms/step (min {1000 * row['step_seconds_min']:.1f}, max {1000 * row['step_seconds_max']:.1f})",
+              flush=True)
+    by_key = {(r["config"], r["precision"], r["jit_compile"]): r for r in rows}
     for r in rows:
         agg, _, fusion = r["config"].partition("_")
-        base = by_name.get(f"{agg}_late")
+        base = by_key.get((f"{agg}_late", r["precision"], r["jit_compile"]))
         if fusion.startswith("cm_") and base:
             r["step_time_vs_late"] = r["step_seconds_median"] / base["step_seconds_median"]
 
     print(f"\nbatch {args.batch_size}, T = {args.frames}, {args.num_classes} classes, "
           f"{len(tf.config.list_logical_devices('GPU')) or 'no'} GPU, {os.cpu_count()} CPU cores, "
           f"load average at start {load[0]:.1f}")
-    print(f"| config | params | examples/s | ms/step | × late |\n|---|---|---|---|---|")
+    print("| config | precision | XLA | params | examples/s | ms/step (min–max) | × late |\n"
+          "|---|---|---|---|---|---|---|")
     for r in rows:
         ratio = f"{r['step_time_vs_late']:.2f}" if "step_time_vs_late" in r else ""
-        print(f"| {r['config']} | {r['params']:,} | {r['examples_per_sec']:.1f} | "
-              f"{1000 * r['step_seconds_median']:.0f} | {ratio} |")
+        print(f"| {r['config']} | {r['precision']} | {'yes' if r['jit_compile'] else 'no'} | {r['params']:,} | "
+              f"{r['examples_per_sec']:.1f} | {1000 * r['step_seconds_median']:.0f} "
+              f"({1000 * r['step_seconds_min']:.0f}–{1000 * r['step_seconds_max']:.0f}) | {ratio} |")
     if args.json:
         meta = {"batch_size": args.batch_size, "frames": args.frames, "num_classes": args.num_classes,
                 "steps": args.steps, "rounds": args.rounds, "cpu_count": os.cpu_count(), "load_average_start": load,
