@@ -15,6 +15,7 @@ from vt_keras.cli.common import load_config_file
 from vt_keras.errors import ConfigError
 from vt_keras.models.video_classifier import AGGREGATORS, build_video_classifier, cross_modal_inputs
 from vt_keras import tasks
+from vt_keras.train.step import dtype_policy, wrap_optimizer
 from vt_keras.train.task import StepContext
 
 CONFIG_FILES = sorted(os.path.splitext(os.path.basename(p))[0]
@@ -78,14 +79,16 @@ def weights(layer):
     return [np.array(w) for w in layer.get_weights()]
 
 
+@pytest.mark.parametrize("precision", ["float32", "mixed_bfloat16", "mixed_float16"])
 @pytest.mark.parametrize("name", CONFIGS)
-def test_config_builds_and_trains_two_steps(name, tiny_data, tiny_batch, request):
+def test_config_builds_and_trains_two_steps(name, precision, tiny_data, tiny_batch, request):
     overrides = {}
     if "_cm_" in name:
         overrides["model.tower_workdir"] = request.getfixturevalue("tower_workdir")
     task = tasks.build_task(tiny_config(tiny_data, config_file=config_file(name), **overrides))
-    model = task.build_model()
-    optimizer = keras.optimizers.Adam(1e-2)
+    with dtype_policy(precision):  # as the trainer builds it under train.precision
+        model = task.build_model()
+    optimizer = wrap_optimizer(keras.optimizers.Adam(1e-2), precision)
     optimizer.build(model.trainable_variables)
     task.warm_start(model)
     before = weights(model)
@@ -93,10 +96,11 @@ def test_config_builds_and_trains_two_steps(name, tiny_data, tiny_batch, request
     for _ in range(2):  # eager: tracing a step costs more than two tiny steps
         with tf.GradientTape() as tape:
             loss, _ = task.loss_fn(model, tiny_batch, ctx)
-        grads = tape.gradient(loss, model.trainable_variables)
+            scaled = optimizer.scale_loss(loss) if precision == "mixed_float16" else loss
+        grads = tape.gradient(scaled, model.trainable_variables)
         assert all(g is not None for g in grads)
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
-        assert np.isfinite(float(loss))
+        assert np.isfinite(float(loss)) and loss.dtype == tf.float32
     assert any(not np.array_equal(a, b) for a, b in zip(before, weights(model)))
     if "_cm_" in name:
         # Loaded from the tower's workdir and frozen through training.

@@ -284,3 +284,14 @@ def test_export_serves_raw_strings_in_a_fresh_tensorflow_text_process(data, cach
     np.testing.assert_allclose(out["video"], video, atol=1e-5)
     np.testing.assert_allclose(out["similarity"], text @ video.T, atol=1e-5)
     assert int(out["max_clips"]) == 4
+
+
+@pytest.mark.parametrize("precision", ["mixed_bfloat16", "mixed_float16"])
+def test_trains_under_mixed_precision(data, cache, tmp_path, precision):
+    """train.precision: two steps with the half-precision model; the trainer stops on a non-finite loss."""
+    config = tiny_config(data, cache_dir=cache)
+    config.train.precision = precision
+    results, model = tasks.train(config, str(tmp_path / "w"), strategy=tf.distribute.OneDeviceStrategy("/cpu:0"),
+                                 log=quiet)
+    assert results["step"] == 2
+    assert all(v.dtype == "float32" for v in model.trainable_variables)

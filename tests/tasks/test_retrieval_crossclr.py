@@ -274,3 +274,14 @@ def test_config_errors_name_the_key(data, cache):
     config = tiny_config(data, cache, intra_weight=-1.0)
     with pytest.raises(ConfigError, match="intra_weight"):
         RetrievalTask(config).build_model()
+
+
+@pytest.mark.parametrize("precision", ["mixed_bfloat16", "mixed_float16"])
+def test_trains_under_mixed_precision(data, cache, tmp_path, precision):
+    """train.precision: two steps with the half-precision model; the trainer stops on a non-finite loss."""
+    config = tiny_config(data, cache)
+    config.train.precision = precision
+    results, model = tasks.train(config, str(tmp_path / "w"), strategy=tf.distribute.OneDeviceStrategy("/cpu:0"),
+                                 log=quiet)
+    assert results["step"] == 2
+    assert all(v.dtype == "float32" for v in model.trainable_variables)

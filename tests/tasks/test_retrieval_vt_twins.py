@@ -345,3 +345,14 @@ def test_bin_plot_alignment_unknown_video_is_one_line(trained, data, tmp_path):
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
     assert errors == [f"error: --video_id=nope is not among the 12 videos of --data={data[1]}"]
     assert "Traceback" not in proc.stderr and not os.path.exists(output)
+
+
+@pytest.mark.parametrize("precision", ["mixed_bfloat16", "mixed_float16"])
+def test_trains_under_mixed_precision(data, cache, tmp_path, precision):
+    """train.precision: two steps with the half-precision model; the trainer stops on a non-finite loss."""
+    config = tiny_config(data, cache)
+    config.train.precision = precision
+    results, model = tasks.train(config, str(tmp_path / "w"), strategy=tf.distribute.OneDeviceStrategy("/cpu:0"),
+                                 log=quiet)
+    assert results["step"] == 2
+    assert all(v.dtype == "float32" for v in model.trainable_variables)
