@@ -77,13 +77,13 @@ def predict_files(export_dir, files, batch_size, skip_corrupt=False, log=print):
 def main(argv):
     if len(argv) > 1:
         raise common.ConfigError(f"unexpected arguments {argv[1:]}; flags take the form --name=value")
-    import tensorflow as tf
-
+    from vt_keras.data.files import list_files
     from vt_keras.errors import DataError
 
-    files = sorted({f for p in FLAGS.data.split(",") for f in tf.io.gfile.glob(p.strip())})
-    if not files:
-        raise DataError(f"--data={FLAGS.data} matches no file; expected a pattern such as 'data/test-*.tfrecord'")
+    try:
+        files = list_files(FLAGS.data)
+    except DataError as e:
+        raise DataError(f"--data={FLAGS.data}: {e}") from None
     count = 0
     with open(FLAGS.output, "w") as f:
         f.write("VideoId,LabelConfidencePairs\n")

@@ -24,60 +24,31 @@ frame count, `num_frames` is the smallest count, the frames after it are
 zeroed in every feature, and `data_counters()["frame_count_mismatches"]`
 counts such records (a warning is logged for the first few).
 
-The writers are in `vt_keras.data.yt8m_writers` and can be imported from
-here too (`yt8m.write_frame_records`).
+Quantization (`vt_keras.data.quantization`), file listing
+(`vt_keras.data.files`), the tf.data builder (`vt_keras.data.pipeline`) and
+the writers (`vt_keras.data.yt8m_writers`) live in their own modules and can
+be imported from here too (`yt8m.dequantize`, `yt8m.write_frame_records`).
 """
-import numpy as np
 import tensorflow as tf
 
-from vt_keras.data.checks import (assert_rows, data_counters, data_errors, iterate, plain, read_checked_records,
-                                  report, reset_data_counters)
-from vt_keras.errors import ConfigError, DataError
+from vt_keras.data.checks import assert_rows, data_counters, data_errors, iterate, report, reset_data_counters
+from vt_keras.data.files import list_files
+from vt_keras.data.pipeline import record_dataset
+from vt_keras.data.quantization import dequantize, quantize
+from vt_keras.data.yt8m_writers import (FrameExampleWriter, VideoExampleWriter, make_frame_example,
+                                        make_video_example, write_frame_records, write_video_records)
+from vt_keras.errors import ConfigError
 
 FRAME_FEATURES = (("rgb", 1024), ("audio", 128))
 VIDEO_FEATURES = (("mean_rgb", 1024), ("mean_audio", 128))
 
+# Re-exported: quantization, file listing, checks and writers have their own
+# modules; code written against `yt8m.<name>` keeps working.
 _WRITERS = ("FrameExampleWriter", "VideoExampleWriter", "make_frame_example", "make_video_example",
             "write_frame_records", "write_video_records")
 __all__ = ["FRAME_FEATURES", "VIDEO_FEATURES", "dequantize", "quantize", "parse_frame_example",
            "parse_video_example", "list_files", "frame_dataset", "video_dataset", "data_errors", "iterate",
            "data_counters", "reset_data_counters", *_WRITERS]
-
-
-def dequantize(q, max_quantized_value=2.0, min_quantized_value=-2.0):
-    """Maps uint8 codes to floats as the YouTube-8M starter code does.
-
-    `x = q * range / 255 + range / 512 + min`, so with the defaults q = 0 gives
-    -1.9921875 and q = 255 gives 2.0078125. Numpy in, numpy out; tensors in,
-    float32 tensor out.
-    """
-    span = max_quantized_value - min_quantized_value
-    scale, bias = span / 255.0, span / 512.0 + min_quantized_value
-    if isinstance(q, (tf.Tensor, tf.Variable)):
-        if q.dtype == tf.uint8:
-            # TensorFlow's Dequantize computes `min + q · (max − min) / 255` in
-            # one pass over the codes (the three-op form made three) and gives
-            # the same float32 values.
-            return tf.quantization.dequantize(tf.bitcast(q, tf.quint8), bias, bias + span, mode="MIN_COMBINED")
-        return tf.cast(q, tf.float32) * scale + bias
-    return (np.asarray(q, np.float32) * np.float32(scale) + np.float32(bias)).astype(np.float32)
-
-
-def quantize(x, max_quantized_value=2.0, min_quantized_value=-2.0):
-    """Maps floats to uint8 codes: `round((clip(x, min, max) - min) * 255 / range)`.
-
-    The inverse of `dequantize` on its outputs: `quantize(dequantize(q)) == q`.
-    """
-    span = max_quantized_value - min_quantized_value
-    if isinstance(x, (tf.Tensor, tf.Variable)):
-        x = tf.clip_by_value(tf.cast(x, tf.float32), min_quantized_value, max_quantized_value)
-        return tf.cast(tf.round((x - min_quantized_value) * (255.0 / span)), tf.uint8)
-    # In place on one float32 copy: this runs over every frame the writers write.
-    x = np.array(x, np.float32)
-    np.clip(x, min_quantized_value, max_quantized_value, out=x)
-    x -= np.float32(min_quantized_value)
-    x *= np.float32(255.0 / span)
-    return np.rint(x, out=x).astype(np.uint8)
 
 
 # ---------------------------------------------------------------- parsing
@@ -277,71 +248,18 @@ def parse_video_example(
 
 
 # --------------------------------------------------------------- datasets
-def list_files(file_pattern):
-    """Sorted files matching a pattern or a comma-separated list of patterns."""
-    patterns = [p.strip() for p in str(file_pattern).split(",") if p.strip()]
-    if not patterns:
-        raise DataError(f"file pattern {file_pattern!r}: expected a glob pattern, found nothing")
-    files = set()
-    for pattern in patterns:
-        matched = tf.io.gfile.glob(pattern)
-        if not matched:
-            raise DataError(f"file pattern '{pattern}' matches no files")
-        files.update(matched)
-    return sorted(files)
-
-
-def _dataset(file_pattern, batch_size, parse, *, shuffle, repeat, drop_remainder, input_context, seed,
-             skip_corrupt_records, shuffle_buffer_size, cycle_length, deterministic):
-    files = list_files(file_pattern)
-    sizes = [tf.io.gfile.stat(f).length for f in files]
-    pipelines, pipeline_id = 1, 0
-    if input_context is not None:
-        pipelines, pipeline_id = input_context.num_input_pipelines, input_context.input_pipeline_id
-    shard_files = pipelines > 1 and len(files) >= pipelines
-    shard_records = pipelines > 1 and not shard_files
-    ds = tf.data.Dataset.from_tensor_slices((files, tf.constant(sizes, tf.int64)))
-    if shard_files:
-        ds = ds.shard(pipelines, pipeline_id)
-    if shuffle:
-        # Record sharding needs the same file order on every pipeline.
-        file_seed = 0 if (shard_records and seed is None) else seed
-        ds = ds.shuffle(len(files), seed=file_seed, reshuffle_each_iteration=True)
-    if repeat:
-        ds = ds.repeat()
-    ds = ds.interleave(
-        plain(lambda f, s: read_checked_records(f, s, skip_corrupt_records)),
-        cycle_length=max(1, min(cycle_length, len(files))), block_length=1,
-        num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
-    if shard_records:
-        ds = ds.shard(pipelines, pipeline_id)
-    if shuffle and shuffle_buffer_size > 1:
-        ds = ds.shuffle(shuffle_buffer_size, seed=seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
-    ds = ds.map(plain(lambda records, names: parse(records, filenames=names)),
-                num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
-    return ds.prefetch(tf.data.AUTOTUNE)
-
-
 _DATASET_DOC = """
     Args:
-        file_pattern: a glob, or several separated by commas. Matching no
-            file is a `DataError` naming the pattern.
+        file_pattern: a glob, several separated by commas, or a list of them.
+            A pattern matching no file is a `DataError` naming it.
         batch_size: examples per batch of this dataset (per replica when
             built by `distribute_datasets_from_function`).
-        shuffle: shuffle the files each epoch and records in a buffer of
-            `shuffle_buffer_size`.
-        repeat: repeat forever.
-        drop_remainder: drop the last partial batch (static batch size).
-        input_context: a `tf.distribute.InputContext`; files are sharded by
-            `input_pipeline_id` over `num_input_pipelines`, records when there
-            are fewer files than pipelines.
-        seed: shuffle seed.
-        skip_corrupt_records: skip the unreadable rest of a truncated or
-            corrupt file (counted, logged) instead of raising.
-        l2_normalize: see the parser.
-        cycle_length: files read at once by the interleave.
-        deterministic: keep a fixed element order (needed for reproducibility).
+        shuffle, repeat, drop_remainder, input_context, seed,
+        skip_corrupt_records, shuffle_buffer_size, cycle_length,
+        deterministic, skip_batches: as in
+            `vt_keras.data.pipeline.record_dataset` (`skip_batches`: the
+            first batches of this stream are dropped before parsing, so a
+            resumed run continues exactly where it stopped).
         Other arguments go to the parser.
 
     Iterate under `data_errors()` or with `iterate()` to get `DataError`s.
@@ -351,7 +269,7 @@ _DATASET_DOC = """
 def frame_dataset(file_pattern, batch_size, *, features=FRAME_FEATURES, max_frames=300, num_classes=3862,
                   shuffle=False, repeat=False, drop_remainder=False, input_context=None, seed=None,
                   skip_corrupt_records=False, l2_normalize=False, id_key="id", labels_key="labels",
-                  shuffle_buffer_size=256, cycle_length=8, deterministic=True):
+                  shuffle_buffer_size=256, cycle_length=8, deterministic=True, skip_batches=0):
     """A batched, parsed dataset of frame-level records (see `parse_frame_example`).
     {doc}
     Example:
@@ -363,16 +281,16 @@ def frame_dataset(file_pattern, batch_size, *, features=FRAME_FEATURES, max_fram
         return parse_frame_example(serialized, features, max_frames, num_classes, id_key, labels_key,
                                    l2_normalize, filenames)
 
-    return _dataset(file_pattern, batch_size, parse, shuffle=shuffle, repeat=repeat,
-                    drop_remainder=drop_remainder, input_context=input_context, seed=seed,
-                    skip_corrupt_records=skip_corrupt_records, shuffle_buffer_size=shuffle_buffer_size,
-                    cycle_length=cycle_length, deterministic=deterministic)
+    return record_dataset(file_pattern, batch_size, parse, shuffle=shuffle, repeat=repeat,
+                          drop_remainder=drop_remainder, input_context=input_context, seed=seed,
+                          skip_corrupt_records=skip_corrupt_records, shuffle_buffer_size=shuffle_buffer_size,
+                          cycle_length=cycle_length, deterministic=deterministic, skip_batches=skip_batches)
 
 
 def video_dataset(file_pattern, batch_size, *, features=VIDEO_FEATURES, num_classes=3862, shuffle=False,
                   repeat=False, drop_remainder=False, input_context=None, seed=None,
                   skip_corrupt_records=False, l2_normalize=False, id_key="id", labels_key="labels",
-                  shuffle_buffer_size=1024, cycle_length=8, deterministic=True):
+                  shuffle_buffer_size=1024, cycle_length=8, deterministic=True, skip_batches=0):
     """A batched, parsed dataset of video-level records (see `parse_video_example`).
     {doc}
     Example:
@@ -383,20 +301,11 @@ def video_dataset(file_pattern, batch_size, *, features=VIDEO_FEATURES, num_clas
     def parse(serialized, filenames):
         return parse_video_example(serialized, features, num_classes, id_key, labels_key, l2_normalize, filenames)
 
-    return _dataset(file_pattern, batch_size, parse, shuffle=shuffle, repeat=repeat,
-                    drop_remainder=drop_remainder, input_context=input_context, seed=seed,
-                    skip_corrupt_records=skip_corrupt_records, shuffle_buffer_size=shuffle_buffer_size,
-                    cycle_length=cycle_length, deterministic=deterministic)
+    return record_dataset(file_pattern, batch_size, parse, shuffle=shuffle, repeat=repeat,
+                          drop_remainder=drop_remainder, input_context=input_context, seed=seed,
+                          skip_corrupt_records=skip_corrupt_records, shuffle_buffer_size=shuffle_buffer_size,
+                          cycle_length=cycle_length, deterministic=deterministic, skip_batches=skip_batches)
 
 
 frame_dataset.__doc__ = frame_dataset.__doc__.replace("{doc}", _DATASET_DOC)
 video_dataset.__doc__ = video_dataset.__doc__.replace("{doc}", _DATASET_DOC)
-
-
-def __getattr__(name):
-    # Lazy, because the writers import `quantize` from this module.
-    if name in _WRITERS:
-        from vt_keras.data import yt8m_writers
-
-        return getattr(yt8m_writers, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -2,7 +2,7 @@
 
 An example is a dict: `"id"` (str), `"labels"` (int ids) and one entry per
 feature. Frame-level features are arrays `[frames, dim]`: floats are
-quantized to uint8 on write (`vt_keras.data.yt8m.quantize`), uint8 arrays
+quantized to uint8 on write (`vt_keras.data.quantization.quantize`), uint8 arrays
 are written as they are. Video-level features are float vectors `[dim]`,
 written as float lists like the released `mean_rgb`. Protos are serialized
 deterministically, so the same examples always give byte-identical files.
@@ -10,7 +10,7 @@ deterministically, so the same examples always give byte-identical files.
 import numpy as np
 import tensorflow as tf
 
-from vt_keras.data.yt8m import quantize
+from vt_keras.data.quantization import quantize
 from vt_keras.errors import DataError
 
 _RESERVED = ("id", "labels")
