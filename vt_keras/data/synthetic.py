@@ -33,15 +33,14 @@ Everything is drawn from `seed`: the same arguments give byte-identical files.
 """
 import json
 import os
-import shutil
-import tempfile
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from vt_keras.data.cache import default_cache_dir, ensure_cached  # noqa: F401  (default_cache_dir: public here too)
 from vt_keras.data.taxonomy import Taxonomy
 from vt_keras.data.yt8m_writers import FrameExampleWriter
-from vt_keras.errors import ConfigError, DataError
+from vt_keras.errors import ConfigError
 
 MANIFEST_FORMAT = "vt_keras.yt8m_synthetic"
 DEFAULT_DATASET = "yt8m_synthetic_v1"
@@ -241,50 +240,15 @@ def _random_ids(rng, n):
     return ids
 
 
-def default_cache_dir():
-    """`$VT_KERAS_CACHE`, or `~/.cache/vt_keras` when it is unset."""
-    return os.environ.get("VT_KERAS_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "vt_keras")
-
-
-def _manifest_generator(path):
-    try:
-        with open(os.path.join(path, "manifest.json")) as f:
-            return json.load(f).get("generator")
-    except (OSError, ValueError, AttributeError):
-        return None
-
-
 def ensure_default_data(cache_dir=None):
     """Path of the default synthetic dataset, generated on first use.
 
-    The dataset goes to `<cache_dir>/yt8m_synthetic_v1` (`cache_dir` defaults
-    to `default_cache_dir()`). It is written to a temporary directory and
-    renamed into place, so an interrupted run never leaves half a dataset and
-    concurrent first uses both end with a complete one. A cached dataset from
-    another version of the generator (see `GENERATOR`) is replaced.
+    `make_yt8m_data`'s defaults go to `<cache_dir>/yt8m_synthetic_v1`
+    (`cache_dir` defaults to `default_cache_dir()`), made once and atomically
+    by `vt_keras.data.cache.ensure_cached`; a copy made by another version of
+    the generator (see `GENERATOR`) is replaced.
+
+    Example:
+        >>> root = ensure_default_data()  # root/train-*.tfrecord, root/taxonomy.json, ...
     """
-    root = cache_dir or default_cache_dir()
-    path = os.path.join(root, DEFAULT_DATASET)
-    if _manifest_generator(path) == GENERATOR:
-        return path
-    if os.path.exists(path) and not os.path.exists(os.path.join(path, "manifest.json")):
-        raise DataError(f"dataset directory '{path}' exists but has no manifest.json; delete it to regenerate")
-    os.makedirs(root, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{DEFAULT_DATASET}.", dir=root)
-    stale = None
-    try:
-        make_yt8m_data(tmp)
-        os.chmod(tmp, 0o755)  # mkdtemp makes it private; the cache is for every user of the machine
-        if os.path.exists(path) and _manifest_generator(path) != GENERATOR:
-            stale = tempfile.mkdtemp(prefix=f".{DEFAULT_DATASET}.stale.", dir=root)
-            os.rename(path, os.path.join(stale, "old"))
-        try:
-            os.rename(tmp, path)
-        except OSError:
-            if _manifest_generator(path) != GENERATOR:
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if stale:
-            shutil.rmtree(stale, ignore_errors=True)
-    return path
+    return ensure_cached(DEFAULT_DATASET, GENERATOR, lambda directory: make_yt8m_data(directory), cache_dir)
