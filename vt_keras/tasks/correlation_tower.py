@@ -96,20 +96,11 @@ class CorrelationTowerTask(YT8MClassification):
     def top_levels(self):
         """The class → top-level matrix from `data.taxonomy` ("auto": beside the training files), or None."""
         if self._top_matrix is _UNSET:
-            from vt_keras.data.taxonomy import Taxonomy
-            from vt_keras.errors import DataError
+            from vt_keras.data.taxonomy import load_taxonomy
 
-            path = self.config.data.get("taxonomy", "auto")
-            if path == "auto":
-                path = os.path.join(os.path.dirname(self.config.data.train_pattern.split(",")[0]), "taxonomy.json")
-                path = path if tf.io.gfile.exists(path) else ""
-            self._top_matrix = None
-            if path:
-                taxonomy = Taxonomy.load(path)
-                if taxonomy.num_classes != self.num_classes:
-                    raise DataError(f"taxonomy {path} has {taxonomy.num_classes} classes; expected "
-                                    f"data.num_classes={self.num_classes}")
-                self._top_matrix = top_level_matrix(taxonomy)
+            taxonomy = load_taxonomy(self.config.data.get("taxonomy", "auto"), self.config.data.train_pattern,
+                                     self.num_classes)
+            self._top_matrix = None if taxonomy is None else top_level_matrix(taxonomy)
         return self._top_matrix
 
     def pairs(self, batch, shift):

@@ -1,6 +1,4 @@
 """YouTube-8M video classification: frame-level records in, class scores out."""
-import os
-
 import numpy as np
 import tensorflow as tf
 
@@ -61,14 +59,14 @@ class YT8MClassification(Task):
 
             raise ConfigError("data.eval_pattern is empty; expected the validation files' pattern")
         if int(d.num_classes) <= 0:
-            from vt_keras.data.taxonomy import Taxonomy
+            from vt_keras.data.taxonomy import Taxonomy, find_taxonomy
             from vt_keras.errors import ConfigError
 
-            path = os.path.join(os.path.dirname(d.train_pattern.split(",")[0]), "taxonomy.json")
-            if not tf.io.gfile.exists(path):
+            path = find_taxonomy(d.train_pattern)
+            if path is None:
                 raise ConfigError(f"data.num_classes={d.num_classes} and no taxonomy.json beside "
                                   f"{d.train_pattern}; set --config.data.num_classes (3862 for YouTube-8M)")
-            d.num_classes = len(Taxonomy.load(path).levels())
+            d.num_classes = Taxonomy.load(path).num_classes
         return used_default
 
     @property
@@ -151,24 +149,10 @@ class YT8MClassification(Task):
 
     def taxonomy_levels(self, pattern):
         """Per-class level ids from `data.taxonomy` ('auto': taxonomy.json beside the files)."""
-        from vt_keras.data.taxonomy import Taxonomy
+        from vt_keras.data.taxonomy import load_taxonomy
 
-        path = self.config.data.get("taxonomy", "auto")
-        if not path:
-            return None
-        if path == "auto":
-            first = pattern.split(",")[0]
-            path = os.path.join(os.path.dirname(first), "taxonomy.json")
-            if not tf.io.gfile.exists(path):
-                return None
-        taxonomy = Taxonomy.load(path)
-        levels = taxonomy.levels()
-        if len(levels) != self.num_classes:
-            from vt_keras.errors import DataError
-
-            raise DataError(f"taxonomy {path} has {len(levels)} classes; expected data.num_classes="
-                            f"{self.num_classes}")
-        return levels
+        taxonomy = load_taxonomy(self.config.data.get("taxonomy", "auto"), pattern, self.num_classes)
+        return None if taxonomy is None else taxonomy.levels()
 
     def evaluate(self, model, pattern, **kwargs):
         from vt_keras.metrics.yt8m import YT8MMetrics
