@@ -118,7 +118,8 @@ def segment_ratings(context, num_frames, num_classes, max_frames, where_):
         context: parsed context with the three ragged segment keys.
         num_frames: int32 `[B]`, the frames read per video.
         num_classes: class ids must be below it (None: no upper bound).
-        max_frames: named in the message when a segment starts past the frames read.
+        max_frames: named in the message when a segment starts past the frames
+            read (None: the frames were not cut).
         where_: string `[B]`, see `where`.
 
     Returns:
@@ -138,7 +139,8 @@ def segment_ratings(context, num_frames, num_classes, max_frames, where_):
     bad_start = starts.with_flat_values(bad_start)
     checks.append(assert_rows(tf.logical_not(tf.reduce_any(bad_start, axis=1)), where_, lambda i: tf.strings.join([
         "segment start time ", tf.as_string(tf.boolean_mask(starts[i], bad_start[i])[0]), " outside the video's ",
-        tf.as_string(frames[i]), f" frames read (max_frames={max_frames}); expected 0 <= start < ",
+        tf.as_string(frames[i]), " frames read" + ("" if max_frames is None else f" (max_frames={max_frames})")
+        + "; expected 0 <= start < ",
         tf.as_string(frames[i])])))
     label_values = labels.flat_values
     bad_label = label_values < 0
@@ -152,7 +154,7 @@ def segment_ratings(context, num_frames, num_classes, max_frames, where_):
     score_values = scores.flat_values
     bad_score = scores.with_flat_values(tf.logical_not(tf.logical_and(score_values >= 0.0, score_values <= 1.0)))
     checks.append(assert_rows(tf.logical_not(tf.reduce_any(bad_score, axis=1)), where_, lambda i: tf.strings.join([
-        "segment_scores: score ", tf.as_string(tf.boolean_mask(scores[i], bad_score[i])[0]),
+        "segment_scores: score ", tf.as_string(tf.boolean_mask(scores[i], bad_score[i])[0], shortest=True),
         " outside [0, 1]; expected 1.0 (present) or 0.0 (absent)"])))
     with tf.control_dependencies(checks):
         out = {"segment_labels": tf.cast(labels, tf.int32), "segment_start_times": tf.cast(starts, tf.int32),
