@@ -200,7 +200,7 @@ class CorrelationTowerTask(YT8MClassification):
 
         def serving_default(example_bytes):
             parsed = yt8m.parse_frame_example(example_bytes, features=self.features, max_frames=self.max_frames,
-                                              num_classes=self.num_classes)
+                                              num_classes=self.num_classes, labels_key=None, count_problems=False)
             inputs = {n: parsed[n] for n in names}
             inputs.update(video_mask=parsed["mask"], audio_mask=parsed["mask"])
             out = model(inputs, training=False)
