@@ -267,5 +267,7 @@ def test_ensure_default_data_is_cached_under_the_generator_version(tmp_path, mon
     assert synthetic.ensure_default_data() == path and len(calls) == 1
     with open(os.path.join(path, "cache.json")) as f:
         assert json.load(f) == {"dataset": "yt8m_synthetic_v1", "generator": synthetic.GENERATOR}
+    assert synthetic.ensure_default_video_data() == os.path.join(path, "video") and len(calls) == 1
+    assert os.path.exists(os.path.join(path, "video", "train-00000-of-00001.tfrecord"))
     monkeypatch.setattr(synthetic, "GENERATOR", synthetic.GENERATOR + 1)  # the cached copy is now stale
     assert synthetic.ensure_default_data() == path and len(calls) == 2

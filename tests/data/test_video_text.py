@@ -69,7 +69,7 @@ def test_quantized_clips_match_youtube8m_formulas(rng):
     np.testing.assert_allclose(batch["clips"][0, :2], _dequantize64(expected_q), atol=1e-6)
     np.testing.assert_array_equal(batch["clips"][0, 2], 0.0)
 
-    # Worked values of REFERENCE.md section 1 from hand-written bytes.
+    # The dequantization formula by hand (see tests/data/test_yt8m.py) on hand-written bytes.
     hand = tf.train.SequenceExample()
     hand.context.feature["id"].bytes_list.value.append(b"h")
     hand.feature_lists.feature_list["clip"].feature.add().bytes_list.value.append(

@@ -68,6 +68,7 @@ DEFAULT_DATASET = "yt8m_synthetic_v1"
 GENERATOR = 3
 SPLITS = ("train", "validate", "test")
 RATED_SPLITS = ("validate", "test")
+VIDEO_LEVEL_DIR = "video"
 # Unit-variance AR(1) kernel (rho = 0.8), oldest frame first.
 _DRIFT_KERNEL = (0.8 ** np.arange(15, -1, -1)).astype(np.float32)
 _DRIFT_KERNEL /= np.sqrt(np.sum(np.square(_DRIFT_KERNEL)))
@@ -189,7 +190,7 @@ def make_yt8m_data(output_dir, num_videos=2000, seed=0, num_shards=4, splits=(0.
 
     os.makedirs(output_dir, exist_ok=True)
     if video_level:
-        os.makedirs(os.path.join(output_dir, "video"), exist_ok=True)
+        os.makedirs(os.path.join(output_dir, VIDEO_LEVEL_DIR), exist_ok=True)
     writers, video_writers, files = {}, {}, {s: [] for s in SPLITS}
     for k, split in enumerate(SPLITS):
         for shard in range(num_shards if counts[k] else 0):
@@ -197,7 +198,7 @@ def make_yt8m_data(output_dir, num_videos=2000, seed=0, num_shards=4, splits=(0.
             files[split].append(name)
             writers[(k, shard)] = FrameExampleWriter(os.path.join(output_dir, name))
             if video_level:
-                video_writers[(k, shard)] = VideoExampleWriter(os.path.join(output_dir, "video", name))
+                video_writers[(k, shard)] = VideoExampleWriter(os.path.join(output_dir, VIDEO_LEVEL_DIR, name))
     shard_of = np.concatenate([np.arange(c) * num_shards // max(c, 1) for c in counts]).astype(int)
     videos = []
     try:
@@ -248,7 +249,7 @@ def make_yt8m_data(output_dir, num_videos=2000, seed=0, num_shards=4, splits=(0.
             writer.close()
     taxonomy.save(os.path.join(output_dir, "taxonomy.json"))
     if video_level:
-        taxonomy.save(os.path.join(output_dir, "video", "taxonomy.json"))
+        taxonomy.save(os.path.join(output_dir, VIDEO_LEVEL_DIR, "taxonomy.json"))
     if segment_ratings:
         with open(os.path.join(output_dir, "segment_classes.csv"), "w") as f:
             f.write("Class\n" + "".join(f"{int(c)}\n" for c in sorted(leaves)))
@@ -265,7 +266,7 @@ def make_yt8m_data(output_dir, num_videos=2000, seed=0, num_shards=4, splits=(0.
         "num_classes": taxonomy.num_classes,
         "features": [["rgb", rgb_dim], ["audio", audio_dim]], "taxonomy": "taxonomy.json",
         "counts": dict(zip(SPLITS, counts.tolist())), "files": files,
-        "video_level_files": {split: [f"video/{n}" for n in names] for split, names in files.items()}
+        "video_level_files": {split: [f"{VIDEO_LEVEL_DIR}/{n}" for n in names] for split, names in files.items()}
         if video_level else None,
         "segment_classes": sorted(int(c) for c in leaves) if segment_ratings else None,
         "segments": "[start frame, class, score] of each rated 5-frame segment (1.0 present, 0.0 absent)",
@@ -321,3 +322,16 @@ def ensure_default_data(cache_dir=None):
         >>> root = ensure_default_data()  # root/train-*.tfrecord, root/taxonomy.json, ...
     """
     return ensure_cached(DEFAULT_DATASET, GENERATOR, lambda directory: make_yt8m_data(directory), cache_dir)
+
+
+def ensure_default_video_data(cache_dir=None):
+    """Directory of the default data's video-level records (`train-*`, `validate-*`, `test-*`, taxonomy.json).
+
+    The same videos as `ensure_default_data()`'s frame-level records, as
+    `tf.train.Example`s with `mean_rgb` and `mean_audio`; generated on first
+    use with them.
+
+    Example:
+        >>> pattern = os.path.join(ensure_default_video_data(), "train-*.tfrecord")
+    """
+    return os.path.join(ensure_default_data(cache_dir), VIDEO_LEVEL_DIR)
