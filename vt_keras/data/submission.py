@@ -47,7 +47,7 @@ class SegmentTopK:
     Args:
         classes: the class ids to keep (columns of the scores given to `add`).
         k: segments kept per class (the challenge: 100,000).
-        buffer_size: pending rows before a reduction (default `max(k // 2, 1024)`).
+        buffer_size: pending rows before a reduction (default `max(k // 2, 8192)`).
 
     Example:
         >>> top = SegmentTopK(classes=[3, 17], k=2)
@@ -63,7 +63,7 @@ class SegmentTopK:
         if isinstance(k, bool) or int(k) != k or k < 1:
             raise ConfigError(f"top_segments: expected a positive integer, found {k!r}")
         self.k = int(k)
-        self.buffer_size = int(buffer_size or max(self.k // 2, 1024))
+        self.buffer_size = int(buffer_size or max(self.k // 2, 8192))
         num = len(self.classes)
         self._scores = [np.zeros(0, np.float32) for _ in range(num)]
         self._keys = [np.zeros(0, np.int64) for _ in range(num)]
