@@ -90,3 +90,14 @@ def test_video_text_skip_batches(tmp_path, rng):
     skipped = [b["id"].numpy().tolist() for b in video_text_dataset(pattern, 1, clip_dim=4, skip_batches=1)]
     assert skipped == full[1:] == [[b"g1"]]
     assert np.asarray(full).size == 2
+
+
+def test_every_epoch_is_a_permutation_and_no_batch_repeats_a_record(tmp_path, rng):
+    pattern = _write_frames(tmp_path, rng)  # 15 records in 3 files; a shuffle buffer larger than the data
+    ds = yt8m.frame_dataset(pattern, 5, features=SMALL, max_frames=3, num_classes=4, shuffle=True, repeat=True,
+                            drop_remainder=True, seed=2, shuffle_buffer_size=64)
+    ids = [i for b in ds.take(12) for i in b["id"].numpy().tolist()]
+    epochs = [ids[k:k + 15] for k in range(0, 60, 15)]
+    everything = sorted(f"v{f}_{i}".encode() for f in range(3) for i in range(5))
+    assert all(sorted(epoch) == everything for epoch in epochs)
+    assert len({tuple(epoch) for epoch in epochs}) == 4  # reshuffled every epoch

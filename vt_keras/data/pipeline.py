@@ -9,12 +9,15 @@ for truncated or corrupt files (`vt_keras.data.checks.read_checked_records`),
 Order of the stages (each one is why the next works):
 1. the files of the pattern, sharded over input pipelines when there are at
    least as many files as pipelines;
-2. shuffled per epoch (seeded), repeated;
+2. shuffled (seeded);
 3. read with a deterministic interleave, each record tagged with its file;
 4. sharded by record when there are fewer files than pipelines (every
    pipeline then reads every file in the same order);
-5. shuffled in a buffer (seeded), batched;
-6. the first `skip_batches` batches dropped while still raw bytes;
+5. shuffled in a buffer (seeded), then repeated: shuffling before repeating
+   keeps epochs apart, so every epoch is a permutation of the records and a
+   batch never holds one video twice (duplicates would be false negatives
+   of contrastive losses), and each epoch reshuffles files and records;
+6. batched; the first `skip_batches` batches dropped while still raw bytes;
 7. parsed a batch at a time, prefetched.
 """
 import tensorflow as tf
@@ -87,8 +90,6 @@ def record_dataset(file_pattern, batch_size, parse, *, shuffle=False, repeat=Fal
         # Record sharding needs the same file order on every pipeline.
         file_seed = 0 if (shard_records and seed is None) else seed
         ds = ds.shuffle(len(files), seed=file_seed, reshuffle_each_iteration=True)
-    if repeat:
-        ds = ds.repeat()
     ds = ds.interleave(
         plain(lambda f, s: read_checked_records(f, s, skip_corrupt_records)),
         cycle_length=max(1, min(int(cycle_length), len(files))), block_length=1,
@@ -97,6 +98,8 @@ def record_dataset(file_pattern, batch_size, parse, *, shuffle=False, repeat=Fal
         ds = ds.shard(pipelines, pipeline_id)
     if shuffle and shuffle_buffer_size > 1:
         ds = ds.shuffle(int(shuffle_buffer_size), seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        ds = ds.repeat()
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     if skip_batches:
         ds = ds.skip(skip_batches)

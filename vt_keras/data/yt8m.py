@@ -5,6 +5,11 @@ one bytes entry of `dim` uint8 values per frame in each feature list),
 video-level records are `tf.train.Example`s (`id`, `labels`, float lists such
 as `mean_rgb`). Feature names and sizes are arguments (`features=(("rgb",
 1024), ("audio", 128))`), so one modality or other extractors need no edits.
+The id is `id` (2018+ releases) or `video_id` (2017), whichever a record
+has (`id_key="auto"`); `labels_key=None` reads no labels (serving); the 2019
+segment ratings are read with `segments=True` (see
+`vt_keras.data.yt8m_fields` and `vt_keras.data.segments`). The formats:
+docs/yt8m_data.md.
 
 How bad data surfaces (see `vt_keras.data.checks`). The interleave tags each
 record with its file; the parser asserts feature sizes, frame counts and
