@@ -32,7 +32,8 @@ EXTRAS = {
     ],
 }
 
-CLI = ["train", "evaluate", "export", "predict", "make_data", "compare", "search", "plot_attention"]
+CLI = ["train", "evaluate", "export", "predict", "make_data", "compare", "search", "plot_attention",
+       "convert_features", "evaluate_segments"]
 
 setup(
     name="vt_keras",

@@ -10,6 +10,7 @@ import pytest
 import tensorflow as tf
 
 from tests.yt8m_fixtures import TINY_CLASSES, TINY_FEATURES, TINY_FRAMES, tiny_config, write_tiny_yt8m
+from vt_keras.data.checks import data_error_message
 from vt_keras.tasks.yt8m import YT8MClassification
 
 FRESH_PROCESS = r"""
@@ -153,3 +154,120 @@ def test_tf_serving_grpc_and_rest_requests_address_the_real_inputs(exported):
         via_rest = loaded.signatures[signature](**rest_feed)
         for key in via_grpc:
             np.testing.assert_array_equal(via_grpc[key].numpy(), via_rest[key].numpy())
+
+
+# --- serving needs no labels; records it cannot serve say why (a fresh TensorFlow-only process) ---
+
+SERVE_VARIANTS = r"""
+import sys, json
+import tensorflow as tf
+export_dir, out = sys.argv[1:3]
+serve = tf.saved_model.load(export_dir).signatures["serving_default"]
+results = {}
+for path in sys.argv[3:]:
+    records = [r.numpy() for r in tf.data.TFRecordDataset(path)]
+    try:
+        got = serve(example_bytes=tf.constant(records))
+        results[path] = {"ids": [v.decode() for v in got["video_id"].numpy()],
+                         "idx": got["class_indexes"].numpy().tolist(), "scores": got["predictions"].numpy().tolist()}
+    except tf.errors.InvalidArgumentError as e:
+        results[path] = {"error": e.message}
+assert not any(m.startswith("vt_keras") for m in sys.modules), "the export needs vt_keras"
+json.dump(results, open(out, "w"))
+"""
+
+
+def serve_in_fresh_process(export_dir, paths, tmp_path):
+    out = str(tmp_path / "served.json")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
+    proc = subprocess.run([sys.executable, "-c", SERVE_VARIANTS, export_dir, out, *paths], capture_output=True,
+                          text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(out) as f:
+        return json.load(f)
+
+
+def _frames(seed, frames=4):
+    rng = np.random.default_rng(seed)
+    return {name: rng.uniform(-1.5, 1.5, (frames, dim)) for name, dim in TINY_FEATURES}
+
+
+def test_serving_ignores_labels_and_reads_2017_ids(exported, tmp_path):
+    from vt_keras.data import yt8m
+
+    export_dir = exported[3]
+    variants = {"in_range": ([1, 3], "id"), "beyond_num_classes": ([TINY_CLASSES, 4000], "id"),
+                "empty": ([], "id"), "no_key": (None, "id"), "release_2017": ([2], "video_id")}
+    paths = []
+    for name, (labels, id_key) in variants.items():
+        examples = [yt8m.make_frame_example(f"v{i}", labels or [], _frames(i), id_key=id_key) for i in range(3)]
+        if labels is None:
+            for example in examples:
+                del example.context.feature["labels"]
+        path = str(tmp_path / f"{name}.tfrecord")
+        with tf.io.TFRecordWriter(path) as writer:
+            for example in examples:
+                writer.write(example.SerializeToString())
+        paths.append(path)
+    served = serve_in_fresh_process(export_dir, paths, tmp_path)
+    reference = served[paths[0]]
+    assert "error" not in reference and reference["ids"] == ["v0", "v1", "v2"]
+    for path in paths[1:]:
+        assert served[path] == reference, path  # the same features give the same output, whatever the labels
+
+
+def test_a_wrong_feature_size_fails_with_the_parsers_line(exported, tmp_path):
+    from vt_keras.data import yt8m
+
+    features = _frames(0)
+    features["rgb"] = features["rgb"][:, :7]
+    path = str(tmp_path / "wrong.tfrecord")
+    yt8m.write_frame_records(path, [{"id": "ok", "labels": [], **_frames(1)}, {"id": "bad", "labels": [], **features}])
+    served = serve_in_fresh_process(exported[3], [path], tmp_path)
+    # The marked line inside TensorFlow's error, as bin/predict extracts it.
+    assert data_error_message(served[path]["error"]) == "record 'bad': feature list 'rgb' expected 8 bytes per " \
+                                                        "frame, found 7"
+
+
+@pytest.fixture(scope="module")
+def video_exported(tmp_path_factory):
+    import keras
+
+    from vt_keras.export import export_video_classifier
+
+    features = (("mean_rgb", 8), ("mean_audio", 4))
+    inputs = {name: keras.Input((dim,), name=name) for name, dim in features}
+    probs = keras.layers.Dense(TINY_CLASSES, activation="sigmoid")(keras.layers.Concatenate()(list(inputs.values())))
+    model = keras.Model(inputs, probs)
+    export_dir = str(tmp_path_factory.mktemp("video_export") / "1")
+    export_video_classifier(model, export_dir, features, num_classes=TINY_CLASSES, top_k=3, l2_normalize=True)
+    return model, features, export_dir
+
+
+def test_video_level_export_serves_video_level_records(video_exported, tmp_path):
+    from vt_keras.data import yt8m
+
+    model, features, export_dir = video_exported
+    rng = np.random.default_rng(3)
+    examples = [{"id": f"w{i}", "labels": [7000] if i else [], "mean_rgb": rng.normal(size=8),
+                 "mean_audio": rng.normal(size=4)} for i in range(4)]
+    path = str(tmp_path / "video.tfrecord")
+    yt8m.write_video_records(path, examples, id_key="video_id")  # 2017-style ids, labels beyond num_classes
+    frame_path = str(tmp_path / "frames.tfrecord")
+    yt8m.write_frame_records(frame_path, [{"id": "f", "labels": [], **_frames(0)}])
+    served = serve_in_fresh_process(export_dir, [path, frame_path], tmp_path)
+    assert served[path]["ids"] == ["w0", "w1", "w2", "w3"]
+    # The model in process, on float64 L2-normalised inputs (the export's l2_normalize=True).
+    x = np.concatenate([[e["mean_rgb"] for e in examples], [e["mean_audio"] for e in examples]], axis=1)
+    x = x / np.linalg.norm(x, axis=1, keepdims=True)
+    probs = np.asarray(model({"mean_rgb": x[:, :8].astype(np.float32), "mean_audio": x[:, 8:].astype(np.float32)}))
+    top = np.argsort(-probs, axis=1, kind="stable")[:, :3]
+    np.testing.assert_array_equal(served[path]["idx"], top)
+    np.testing.assert_allclose(served[path]["scores"], np.take_along_axis(probs, top, 1), rtol=1e-5, atol=1e-6)
+    # A frame-level record: the parser says what it found.
+    message = data_error_message(served[frame_path]["error"])
+    assert message.startswith("record 'f': feature 'mean_rgb' expected 8 floats, found 0; the record has context keys")
+    assert message.endswith("(a frame-level tf.train.SequenceExample)")
+    loaded = tf.saved_model.load(export_dir)
+    _, inputs = loaded.signatures["predict_features"].structured_input_signature
+    assert {k: v.shape.as_list() for k, v in inputs.items()} == {"mean_rgb": [None, 8], "mean_audio": [None, 4]}

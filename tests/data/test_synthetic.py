@@ -9,7 +9,7 @@ import tensorflow as tf
 
 from vt_keras.data import synthetic, yt8m
 from vt_keras.data.taxonomy import Taxonomy
-from vt_keras.errors import ConfigError, DataError
+from vt_keras.errors import ConfigError
 
 SMALL = dict(num_videos=200, num_shards=2, min_frames=6, max_frames=12, rgb_dim=32, audio_dim=16,
              taxonomy_shape=(3, 2, 2), uncorrelated_fraction=0.2, max_offset=2)
@@ -22,10 +22,10 @@ def small_data(tmp_path_factory):
     return str(directory), manifest
 
 
-def _read_split(directory, split, manifest):
+def _read_split(directory, split, manifest, max_frames=12, rgb_dim=32):
     records = [r.numpy() for r in tf.data.TFRecordDataset(sorted(tf.io.gfile.glob(f"{directory}/{split}-*")))]
     with yt8m.data_errors():
-        out = yt8m.parse_frame_example(tf.constant(records), (("rgb", 32), ("audio", 16)), max_frames=12,
+        out = yt8m.parse_frame_example(tf.constant(records), (("rgb", rgb_dim), ("audio", 16)), max_frames=max_frames,
                                        num_classes=manifest["num_classes"])
     return {k: v.numpy() for k, v in out.items()}
 
@@ -34,10 +34,14 @@ def test_same_seed_gives_byte_identical_files_and_other_seed_differs(small_data,
     directory, _ = small_data
     synthetic.make_yt8m_data(str(tmp_path / "again"), seed=7, **SMALL)
     synthetic.make_yt8m_data(str(tmp_path / "other"), seed=8, **SMALL)
-    names = sorted(os.listdir(directory))
-    assert names == sorted(os.listdir(tmp_path / "again"))
-    match, mismatch, errors = filecmp.cmpfiles(directory, tmp_path / "again", names, shallow=False)
-    assert match == names and not mismatch and not errors
+    for sub in ("", "video"):
+        names = sorted(n for n in os.listdir(os.path.join(directory, sub))
+                       if os.path.isfile(os.path.join(directory, sub, n)))
+        assert names == sorted(n for n in os.listdir(tmp_path / "again" / sub)
+                               if os.path.isfile(tmp_path / "again" / sub / n))
+        match, mismatch, errors = filecmp.cmpfiles(os.path.join(directory, sub), tmp_path / "again" / sub, names,
+                                                   shallow=False)
+        assert match == names and not mismatch and not errors
     assert not filecmp.cmp(f"{directory}/train-00000-of-00002.tfrecord",
                            tmp_path / "other" / "train-00000-of-00002.tfrecord", shallow=False)
 
@@ -165,7 +169,89 @@ def test_bad_arguments_are_config_errors(tmp_path, kwargs, fragment):
         synthetic.make_yt8m_data(str(tmp_path), num_videos=4, **kwargs)
 
 
-def test_ensure_default_data_generates_once_atomically(tmp_path, monkeypatch):
+def test_video_level_files_hold_the_mean_of_the_dequantized_frames(small_data):
+    directory, manifest = small_data
+    assert manifest["video_level_files"]["train"] == ["video/train-00000-of-00002.tfrecord",
+                                                      "video/train-00001-of-00002.tfrecord"]
+    assert Taxonomy.load(os.path.join(directory, "video")) == Taxonomy.load(directory)
+    for split in synthetic.SPLITS:
+        frames = _read_split(directory, split, manifest)
+        records = [r.numpy() for r in tf.data.TFRecordDataset(sorted(tf.io.gfile.glob(f"{directory}/video/{split}-*")))]
+        with yt8m.data_errors():
+            videos = yt8m.parse_video_example(tf.constant(records), (("mean_rgb", 32), ("mean_audio", 16)),
+                                              num_classes=manifest["num_classes"])
+        np.testing.assert_array_equal(videos["id"].numpy(), frames["id"])
+        np.testing.assert_array_equal(videos["labels"].numpy(), frames["labels"])
+        for name in ("rgb", "audio"):
+            # float64 re-derivation: every frame was read (max_frames=12 is the longest video).
+            want = frames[name].astype(np.float64).sum(1) / frames["num_frames"][:, None]
+            np.testing.assert_allclose(videos[f"mean_{name}"].numpy(), want, atol=1e-6)
+
+
+def test_segment_ratings_of_validation_and_test_videos(small_data):
+    from vt_keras.data.segments import read_segment_ratings
+
+    directory, manifest = small_data
+    leaves = Taxonomy.from_shape((3, 2, 2)).leaves()
+    assert manifest["segment_classes"] == leaves
+    with open(os.path.join(directory, "segment_classes.csv")) as f:
+        assert f.read().split() == ["Class"] + [str(c) for c in leaves]
+    expected = {}
+    for video in manifest["videos"]:
+        if video["split"] == "train":
+            assert "segments" not in video
+            continue
+        events = np.array(video["event_frames"])
+        for start, c, score in video["segments"]:
+            assert start % 5 == 0 and start + 5 <= video["num_frames"] and c in leaves
+            # Present: the segment holds a visual event of a leaf the video has (one leaf: its events).
+            holds_event = bool(np.any((events >= start) & (events < start + 5)))
+            if score == 1.0:
+                assert c in video["leaves"] and holds_event
+            elif len(video["leaves"]) == 1:
+                assert c not in video["leaves"] or not holds_event
+            expected.setdefault(c, {})[f"{video['id']}:{start}"] = score
+    ratings = read_segment_ratings(f"{directory}/validate-*,{directory}/test-*", manifest["num_classes"])
+    assert ratings == expected
+    scores = [s for r in ratings.values() for s in r.values()]
+    assert 0.25 < np.mean(scores) < 0.75  # present and absent segments both rated
+
+
+def test_planted_events_localise_the_rated_classes_within_videos(tmp_path):
+    """A detector of each leaf's event pattern (estimated on training videos from the manifest's event
+    frames) ranks a video's present segments above its absent ones; a video-level score cannot (ties)."""
+    # 256-d frames: closer to the default's 1024 (where the events stand out more) than SMALL's 32.
+    manifest = synthetic.make_yt8m_data(str(tmp_path), seed=5, **dict(SMALL, num_videos=160, num_shards=1,
+                                                                       min_frames=20, max_frames=30, rgb_dim=256))
+    videos = {v["id"]: v for v in manifest["videos"]}
+    read = lambda split: _read_split(str(tmp_path), split, manifest, max_frames=30, rgb_dim=256)  # noqa: E731
+    directions = {}
+    train = read("train")
+    for i, vid in enumerate(train["id"]):
+        video = videos[vid.decode()]
+        if len(video["leaves"]) == 1:
+            frames = train["rgb"][i, :video["num_frames"]]
+            frames = frames - frames.mean(0)
+            directions.setdefault(video["leaves"][0], []).append(frames[video["event_frames"]].mean(0))
+    directions = {c: np.mean(d, axis=0) for c, d in directions.items()}
+    ordered = pairs = 0
+    for split in ("validate", "test"):
+        data = read(split)
+        for i, vid in enumerate(data["id"]):
+            video = videos[vid.decode()]
+            frames = data["rgb"][i, :video["num_frames"]]
+            frames = frames - frames.mean(0)
+            for c in {c for _, c, _ in video["segments"]} & set(directions):
+                score = {start: (frames[start:start + 5] @ directions[c]).max()
+                         for start, rated, _ in video["segments"] if rated == c}
+                present = [score[t] for t, rated, y in video["segments"] if rated == c and y == 1.0]
+                absent = [score[t] for t, rated, y in video["segments"] if rated == c and y == 0.0]
+                ordered += sum(p > a for p in present for a in absent)
+                pairs += len(present) * len(absent)
+    assert pairs >= 100 and ordered / pairs >= 0.9, (ordered, pairs)
+
+
+def test_ensure_default_data_is_cached_under_the_generator_version(tmp_path, monkeypatch):
     calls = []
     real = synthetic.make_yt8m_data
 
@@ -179,23 +265,9 @@ def test_ensure_default_data_generates_once_atomically(tmp_path, monkeypatch):
     assert path == str(tmp_path / "cache" / "yt8m_synthetic_v1")
     assert os.path.exists(os.path.join(path, "manifest.json")) and len(calls) == 1
     assert synthetic.ensure_default_data() == path and len(calls) == 1
-    assert os.listdir(tmp_path / "cache") == ["yt8m_synthetic_v1"]  # no temporary directory left
-
+    with open(os.path.join(path, "cache.json")) as f:
+        assert json.load(f) == {"dataset": "yt8m_synthetic_v1", "generator": synthetic.GENERATOR}
+    assert synthetic.ensure_default_video_data() == os.path.join(path, "video") and len(calls) == 1
+    assert os.path.exists(os.path.join(path, "video", "train-00000-of-00001.tfrecord"))
     monkeypatch.setattr(synthetic, "GENERATOR", synthetic.GENERATOR + 1)  # the cached copy is now stale
     assert synthetic.ensure_default_data() == path and len(calls) == 2
-    assert os.listdir(tmp_path / "cache") == ["yt8m_synthetic_v1"]
-    with open(os.path.join(path, "manifest.json")) as f:
-        assert json.load(f)["generator"] == synthetic.GENERATOR
-
-    def interrupted(output_dir):
-        with open(os.path.join(output_dir, "train-00000-of-00001.tfrecord"), "wb"):
-            pass
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(synthetic, "make_yt8m_data", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        synthetic.ensure_default_data(str(tmp_path / "other"))
-    assert os.listdir(tmp_path / "other") == []
-    os.makedirs(tmp_path / "other" / "yt8m_synthetic_v1")
-    with pytest.raises(DataError, match="exists but has no manifest.json"):
-        synthetic.ensure_default_data(str(tmp_path / "other"))

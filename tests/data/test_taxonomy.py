@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from vt_keras.data.taxonomy import Taxonomy, TaxonomyClass
+from vt_keras.data.taxonomy import Taxonomy, TaxonomyClass, find_taxonomy, load_taxonomy
 from vt_keras.errors import DataError
 
 
@@ -92,3 +92,27 @@ def test_malformed_file_is_a_data_error_naming_file_and_problem(tmp_path, conten
 def test_missing_file_is_a_data_error(tmp_path):
     with pytest.raises(DataError, match="taxonomy file '.*nope.json' does not exist"):
         Taxonomy.load(tmp_path / "nope.json")
+
+
+def test_find_taxonomy_beside_the_first_pattern(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    Taxonomy.from_shape((2, 2)).save(tmp_path / "a" / "taxonomy.json")
+    assert find_taxonomy(f"{tmp_path}/a/train-*.tfrecord,{tmp_path}/b/x.tfrecord") == str(tmp_path / "a" / "taxonomy.json")
+    assert find_taxonomy(f"{tmp_path}/b/train-*.tfrecord,{tmp_path}/a/x.tfrecord") is None
+    assert find_taxonomy([f"{tmp_path}/a/v-*.tfrecord"]) == str(tmp_path / "a" / "taxonomy.json")
+
+
+def test_load_taxonomy_follows_the_config_setting(tmp_path):
+    Taxonomy.from_shape((2, 2)).save(tmp_path / "taxonomy.json")
+    other = tmp_path / "other.json"
+    Taxonomy.from_shape((3,)).save(other)
+    pattern = f"{tmp_path}/validate-*.tfrecord"
+    assert load_taxonomy("auto", pattern, num_classes=6) == Taxonomy.from_shape((2, 2))
+    assert load_taxonomy("auto", f"{tmp_path}/nowhere/validate-*.tfrecord") is None
+    assert load_taxonomy("", pattern) is None and load_taxonomy(None, pattern) is None
+    assert load_taxonomy(str(other), pattern, num_classes=3).num_classes == 3
+    with pytest.raises(DataError, match=r"taxonomy .*other.json has 3 classes; expected data.num_classes=6"):
+        load_taxonomy(str(other), pattern, num_classes=6)
+    with pytest.raises(DataError, match=r"taxonomy file '.*missing.json' does not exist"):
+        load_taxonomy(str(tmp_path / "missing.json"), pattern)

@@ -10,7 +10,7 @@ SMALL = (("rgb", 12), ("audio", 4))
 
 
 def _dequantize64(q):
-    """REFERENCE.md section 1 in float64: x = q * 4/255 + 4/512 - 2."""
+    """The starter code's dequantization in float64: x = q * 4/255 + 4/512 - 2."""
     return np.asarray(q, np.float64) * 4.0 / 255.0 + 4.0 / 512.0 - 2.0
 
 
@@ -38,6 +38,8 @@ def _parse(path, **kwargs):
 
 
 def test_dequantize_reference_values():
+    # x = q * 4/255 + 4/512 - 2, by hand: q = 0: 0.0078125 - 2 = -1.9921875; q = 255: 4 + 0.0078125 - 2 =
+    # 2.0078125; q = 127: 1.9921569 + 0.0078125 - 2 = -3.06e-5; q = 128: 2.0078431 + 0.0078125 - 2 = 0.0156556.
     q = np.array([0, 255, 127, 128], np.uint8)
     expected = [-1.9921875, 2.0078125, -3.06e-5, 0.0156556]
     np.testing.assert_allclose(yt8m.dequantize(q), expected, atol=1e-6)

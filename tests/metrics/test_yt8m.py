@@ -15,7 +15,7 @@ from vt_keras.metrics.yt8m import (
     perr,
 )
 
-# REFERENCE.md section 2.
+# The worked example; the hand computation of every value is in test_worked_example.
 P = np.array([[0.9, 0.1, 0.5, 0.3], [0.2, 0.8, 0.7, 0.1], [0.6, 0.4, 0.3, 0.95]])
 Y = np.array([[1, 0, 1, 0], [0, 0, 1, 0], [0, 1, 0, 0]])
 
@@ -72,6 +72,20 @@ def random_case(rng, n, c, levels=8, density=0.15):
 # --- worked values ---
 
 def test_worked_example():
+    """By hand, for P and Y above (4 positives in all):
+
+    Hit@1: the top classes are 0 (.9, positive), 1 (.8, negative), 3 (.95, negative): 1/3.
+    PERR: video 0 has 2 positives and its top 2 (classes 0, 2) are both positive: 1; videos 1 and 2 have
+        one positive each and their top class is negative: 0, 0. Mean 1/3.
+    GAP, k = 20 (every pair): the 12 pairs by score are .95-, .9+, .8-, .7+, .6-, .5+, .4+, .3-, .3-, .2-,
+        .1-, .1-; precisions at the positives 1/2, 2/4, 3/6, 4/7; (3/2 + 4/7) / 4 = 29/56.
+    GAP, k = 1: the pairs .95-, .9+, .8-; precision 1/2 at the only positive; (1/2) / 4 = 0.125.
+    GAP, k = 2: .95-, .9+, .8-, .7+, .6-, .5+; precisions 1/2, 2/4, 3/6; (3/2) / 4 = 0.375.
+    MAP, k = 2: the top-2 lists are {0+, 2+}, {1-, 2+}, {3-, 0-}. Class 0: .9+, .6-: AP 1/1 over its 1
+        positive = 1. Class 1: .8- only, 1 positive in Y: 0. Class 2: .7+, .5+: (1 + 1) / 2 = 1. Class 3:
+        no positive. Starter code (classes with positives): (1 + 0 + 1) / 3 = 2/3; TF2 port (all 4
+        classes): 2/4 = 0.5.
+    """
     assert hit_at_one(P, Y) == pytest.approx(1 / 3)
     assert perr(P, Y) == pytest.approx(1 / 3)
     assert gap(P, Y, top_k=20) == pytest.approx(29 / 56)
@@ -82,6 +96,8 @@ def test_worked_example():
 
 
 def test_average_precision_worked_value():
+    # Already in descending order; the positives are at ranks 1, 2, 6, 7 and 10, so the precisions there
+    # are 1/1, 2/2, 3/6, 4/7, 5/10 and AP = (1 + 1 + 0.5 + 0.5714286 + 0.5) / 5 = 0.7142857.
     scores = [0.98, 0.88, 0.77, 0.65, 0.64, 0.59, 0.45, 0.43, 0.20, 0.05]
     labels = [1, 1, 0, 0, 0, 1, 1, 0, 0, 1]
     assert average_precision(scores, labels) == pytest.approx(0.7142857, abs=1e-7)

@@ -5,9 +5,12 @@
     bin/make_data --kind=video_text --output_dir=data/howto   # clip/caption records
 
 `yt8m` writes train/validate/test shards of frame-level SequenceExamples, the
-label taxonomy (`taxonomy.json`) and a `manifest.json`; see
-vt_keras/data/synthetic.py for the planted structure. `video_text` writes
-clip/caption records (docs/video_text_format.md).
+same videos as video-level Examples in `video/` (`mean_rgb`, `mean_audio`),
+segment ratings in the validation and test records (the 2019 challenge's
+format) with `segment_classes.csv`, the label taxonomy (`taxonomy.json`) and
+a `manifest.json`; see vt_keras/data/synthetic.py for the planted structure
+and docs/yt8m_data.md for the formats. `video_text` writes clip/caption
+records (docs/video_text_format.md).
 """
 import sys
 
@@ -36,6 +39,8 @@ def main(argv):
         raise common.ConfigError(f"unexpected arguments {argv[1:]}; flags take the form --name=value")
     import os
 
+    if os.path.exists(FLAGS.output_dir) and not os.path.isdir(FLAGS.output_dir):
+        raise common.ConfigError(f"--output_dir={FLAGS.output_dir} is a file; expected a directory")
     if os.path.isdir(FLAGS.output_dir) and os.listdir(FLAGS.output_dir) and not FLAGS.overwrite:
         raise common.ConfigError(f"--output_dir={FLAGS.output_dir} is not empty; pass --overwrite "
                                  "or choose an empty directory")
@@ -52,13 +57,15 @@ def main(argv):
             kwargs["max_frames"] = FLAGS.max_frames
         synthetic.make_yt8m_data(FLAGS.output_dir, **kwargs)
     else:
-        from vt_keras.data import video_text
+        from vt_keras.data.video_text_synthetic import make_video_text_data
 
-        video_text.make_video_text_data(FLAGS.output_dir, **kwargs)
+        make_video_text_data(FLAGS.output_dir, **kwargs)
     print(f"wrote {FLAGS.kind} data to {FLAGS.output_dir}:")
-    for name in sorted(os.listdir(FLAGS.output_dir)):
-        size = os.path.getsize(os.path.join(FLAGS.output_dir, name))
-        print(f"  {name:<40} {size / 1e6:8.2f} MB")
+    for root, dirs, names in sorted(os.walk(FLAGS.output_dir)):
+        dirs.sort()
+        for name in sorted(names):
+            path = os.path.join(root, name)
+            print(f"  {os.path.relpath(path, FLAGS.output_dir):<46} {os.path.getsize(path) / 1e6:8.2f} MB")
     return 0
 
 

@@ -74,16 +74,17 @@ def search(export_dir, pattern, query, top_k=5, batch_size=256, clip_encoding="a
     """
     import tensorflow as tf  # see load_export
 
+    from vt_keras.data.files import list_files
     from vt_keras.data.video_text import data_errors, video_text_dataset
 
     if not query or not query.strip():
         raise ConfigError("--query is empty; expected some words to search for")
     if top_k < 1 or batch_size < 1:
         raise ConfigError(f"--top_k={top_k}, --batch_size={batch_size}: expected both >= 1")
-    patterns = [p.strip() for p in pattern.split(",") if p.strip()]
-    files = sorted({f for p in patterns for f in tf.io.gfile.glob(p)})
-    if not files:
-        raise DataError(f"--data={pattern} matches no file; expected a pattern such as 'data/test-*.tfrecord'")
+    try:
+        files = list_files(pattern)
+    except DataError as e:
+        raise DataError(f"--data={pattern}: {e}") from None
     loaded = load_export(export_dir)
     info = {k: int(v) for k, v in loaded.signatures["model_info"]().items()}
     if clip_encoding == "auto":

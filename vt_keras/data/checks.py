@@ -183,3 +183,39 @@ def iterate(dataset):
     """
     with data_errors():
         yield from dataset
+
+
+def describe_record(record):
+    """In-graph: what one serialized record holds, for error messages (a string scalar).
+
+    Tells a frame-level record (a `tf.train.SequenceExample`: context keys and
+    feature lists) from a video-level one (a `tf.train.Example`: keys only;
+    parsed as a SequenceExample it has a context and no feature lists), e.g.
+    "the record has keys 'id', 'labels', 'mean_rgb' and no feature lists (a
+    video-level tf.train.Example)". Run only where a check failed.
+    """
+    record = tf.reshape(record, [1])
+    sizes, (context, lists) = tf.io.decode_proto(record, "tensorflow.SequenceExample", ["context", "feature_lists"],
+                                                 [tf.string, tf.string])
+
+    def keys(message, present, message_type, entry_type, field):
+        # decode_proto pads absent fields with a default value: keep only what `sizes` counts.
+        count, (entries,) = tf.io.decode_proto(tf.reshape(message, [1]), message_type, [field], [tf.string])
+        # One empty entry more: decode_proto refuses an empty batch.
+        entries = tf.concat([entries[0, :count[0, 0]], [""]], axis=0)
+        _, (names,) = tf.io.decode_proto(entries, entry_type, ["key"], [tf.string])
+        quoted = tf.strings.join(["'", names[:-1, 0], "'"])
+        text = tf.strings.reduce_join(quoted, separator=", ")
+        return tf.where(present, text, "")
+
+    context_keys = keys(context[0, 0], sizes[0, 0] > 0, "tensorflow.Features", "tensorflow.Features.FeatureEntry",
+                        "feature")
+    list_keys = keys(lists[0, 0], sizes[0, 1] > 0, "tensorflow.FeatureLists",
+                     "tensorflow.FeatureLists.FeatureListEntry", "feature_list")
+    context_text = tf.where(tf.strings.length(context_keys) > 0, context_keys, "none")
+    frame_level = tf.strings.join(["the record has context keys ", context_text, " and feature lists ", list_keys,
+                                   " (a frame-level tf.train.SequenceExample)"])
+    video_level = tf.strings.join(["the record has keys ", context_keys,
+                                   " and no feature lists (a video-level tf.train.Example)"])
+    has_lists, has_keys = tf.strings.length(list_keys) > 0, tf.strings.length(context_keys) > 0
+    return tf.where(has_lists, frame_level, tf.where(has_keys, video_level, "the record is empty (no keys)"))

@@ -2,7 +2,13 @@
 
 `make_yt8m_data` writes `train-XXXXX-of-XXXXX.tfrecord`, `validate-...` and
 `test-...` (frame-level records in the YouTube-8M format, features `rgb` and
-`audio`), `taxonomy.json` (see `vt_keras.data.taxonomy`) and `manifest.json`.
+`audio`), `taxonomy.json` (see `vt_keras.data.taxonomy`) and `manifest.json`;
+with `video_level`, the same videos as video-level records in `video/`
+(`mean_rgb`, `mean_audio`: the mean of each video's dequantized frames, as
+the released video-level features are built; `video/taxonomy.json` beside
+them); with `segment_ratings`, the validation and test records carry the
+2019 challenge's segment ratings, and `segment_classes.csv` lists the rated
+classes (the leaves) like the starter code's `segment_label_ids.csv`.
 
 The planted structure:
 - Labels. A taxonomy of `taxonomy_shape` (default 4 top-level categories,
@@ -24,31 +30,45 @@ The planted structure:
   (prototype, nuisance and events of a donor leaf at unrelated times); the
   manifest flags them, the ground truth of the correlation tower.
 
+- Segment ratings (validation and test videos). Segments are the complete
+  non-overlapping 5-frame windows (starts 0, 5, ...). For each leaf of a
+  video, every segment holding one of that leaf's visual events is rated
+  present (1.0), and up to `negative_segments` segments without them absent
+  (0.0); each video also gets absent ratings for one leaf it does not have.
+  The events are local and leaf-specific while the prototype is everywhere,
+  so a model that finds events localises the leaf classes in time, and a
+  baseline that gives every segment its video's score cannot.
+
 The manifest lists per video its split, frame count, labels, leaves, top
 category, `uncorrelated_audio`, `audio_offset`, the frames of its visual
-events (`event_frames`) and, for uncorrelated audio, the donor leaf.
+events (`event_frames`), for uncorrelated audio the donor leaf, and for
+rated videos its ratings (`segments`: `[start, class, score]` triples).
 
 Nothing in a record but the features reveals its labels: ids are random.
 Everything is drawn from `seed`: the same arguments give byte-identical files.
 """
 import json
 import os
-import shutil
-import tempfile
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from vt_keras.data.cache import default_cache_dir, ensure_cached  # noqa: F401  (default_cache_dir: public here too)
+from vt_keras.data.quantization import dequantize, quantize
 from vt_keras.data.taxonomy import Taxonomy
-from vt_keras.data.yt8m_writers import FrameExampleWriter
-from vt_keras.errors import ConfigError, DataError
+from vt_keras.data.yt8m_fields import SEGMENT_FRAMES
+from vt_keras.data.yt8m_writers import FrameExampleWriter, VideoExampleWriter
+from vt_keras.errors import ConfigError
 
 MANIFEST_FORMAT = "vt_keras.yt8m_synthetic"
 DEFAULT_DATASET = "yt8m_synthetic_v1"
 # Bump when a change to this file changes what a seed generates: cached
-# default datasets of another generator are then rebuilt.
-GENERATOR = 2
+# default datasets of another generator are then rebuilt. 3: video-level
+# files and segment ratings (the frame-level features are those of 2).
+GENERATOR = 3
 SPLITS = ("train", "validate", "test")
+RATED_SPLITS = ("validate", "test")
+VIDEO_LEVEL_DIR = "video"
 # Unit-variance AR(1) kernel (rho = 0.8), oldest frame first.
 _DRIFT_KERNEL = (0.8 ** np.arange(15, -1, -1)).astype(np.float32)
 _DRIFT_KERNEL /= np.sqrt(np.sum(np.square(_DRIFT_KERNEL)))
@@ -116,8 +136,9 @@ def make_yt8m_data(output_dir, num_videos=2000, seed=0, num_shards=4, splits=(0.
                    max_frames=100, uncorrelated_fraction=0.1, rgb_dim=1024, audio_dim=128,
                    taxonomy_shape=(4, 3, 2, 2), max_offset=3, noise=0.5, second_label_fraction=0.2,
                    events_per_video=(2, 4), rank=16, level_weights=(1.0, 0.6, 0.4, 0.3), class_skew=0.8,
-                   prototype_scale=0.35, nuisance_scale=0.25, drift_scale=0.25, event_scale=0.25):
-    """Writes a synthetic frame-level dataset with planted structure; returns the manifest dict.
+                   prototype_scale=0.35, nuisance_scale=0.25, drift_scale=0.25, event_scale=0.25,
+                   video_level=True, segment_ratings=True, negative_segments=2):
+    """Writes a synthetic YouTube-8M dataset with planted structure; returns the manifest dict.
 
     Args:
         output_dir: directory to write into (created if needed).
@@ -138,6 +159,9 @@ def make_yt8m_data(output_dir, num_videos=2000, seed=0, num_shards=4, splits=(0.
         prototype_scale, nuisance_scale, drift_scale, event_scale: amplitudes
             of the class prototype, the per-video nuisance, the per-frame
             drift and the events.
+        video_level: also write the video-level records in `video/`.
+        segment_ratings: rate segments of the validation and test videos.
+        negative_segments: absent-rated segments per rated class of a video.
 
     Example:
         >>> make_yt8m_data("/data/yt8m_synth", num_videos=200, seed=1)["counts"]
@@ -165,12 +189,16 @@ def make_yt8m_data(output_dir, num_videos=2000, seed=0, num_shards=4, splits=(0.
     scales_v = (prototype_scale, nuisance_scale, drift_scale, event_scale, noise)
 
     os.makedirs(output_dir, exist_ok=True)
-    writers, files = {}, {s: [] for s in SPLITS}
+    if video_level:
+        os.makedirs(os.path.join(output_dir, VIDEO_LEVEL_DIR), exist_ok=True)
+    writers, video_writers, files = {}, {}, {s: [] for s in SPLITS}
     for k, split in enumerate(SPLITS):
         for shard in range(num_shards if counts[k] else 0):
             name = f"{split}-{shard:05d}-of-{num_shards:05d}.tfrecord"
             files[split].append(name)
             writers[(k, shard)] = FrameExampleWriter(os.path.join(output_dir, name))
+            if video_level:
+                video_writers[(k, shard)] = VideoExampleWriter(os.path.join(output_dir, VIDEO_LEVEL_DIR, name))
     shard_of = np.concatenate([np.arange(c) * num_shards // max(c, 1) for c in counts]).astype(int)
     videos = []
     try:
@@ -193,32 +221,55 @@ def make_yt8m_data(output_dir, num_videos=2000, seed=0, num_shards=4, splits=(0.
             else:
                 snd = audio.track(v, num_frames, rows, weights, [t + offset for t in times], scales_v)
             labels = sorted({int(c) for r in rows for c in [leaves[r]] + taxonomy.ancestors(int(leaves[r]))})
-            writers[(split_of[i], shard_of[i])].write({"id": ids[i], "labels": labels, "rgb": rgb, "audio": snd})
-            videos.append({
+            example = {"id": ids[i], "labels": labels, "rgb": quantize(rgb), "audio": quantize(snd)}
+            video = {
                 "id": ids[i], "split": SPLITS[split_of[i]], "num_frames": num_frames, "labels": labels,
                 "leaves": [int(leaves[r]) for r in rows], "top_category": int(roots[rows[0]]),
                 "uncorrelated_audio": bool(uncorrelated[i]),
                 "audio_offset": None if uncorrelated[i] else offset,
                 "event_frames": sorted({int(t) for ts in times for t in ts}),
                 "audio_source_leaf": int(leaves[donor]) if uncorrelated[i] else None,
-            })
+            }
+            if segment_ratings and SPLITS[split_of[i]] in RATED_SPLITS:
+                # Its own stream: the frames stay those of a generator without ratings.
+                ratings = _rate_segments(np.random.default_rng([seed, 2, i]), num_frames,
+                                         [int(leaves[r]) for r in rows], times, [int(c) for c in leaves],
+                                         negative_segments)
+                video["segments"] = ratings
+                example.update(segment_start_times=[r[0] for r in ratings], segment_labels=[r[1] for r in ratings],
+                               segment_scores=[r[2] for r in ratings])
+            writers[(split_of[i], shard_of[i])].write(example)
+            if video_level:
+                video_writers[(split_of[i], shard_of[i])].write({
+                    "id": ids[i], "labels": labels, "mean_rgb": dequantize(example["rgb"]).mean(axis=0),
+                    "mean_audio": dequantize(example["audio"]).mean(axis=0)})
+            videos.append(video)
     finally:
-        for writer in writers.values():
+        for writer in [*writers.values(), *video_writers.values()]:
             writer.close()
     taxonomy.save(os.path.join(output_dir, "taxonomy.json"))
+    if video_level:
+        taxonomy.save(os.path.join(output_dir, VIDEO_LEVEL_DIR, "taxonomy.json"))
+    if segment_ratings:
+        with open(os.path.join(output_dir, "segment_classes.csv"), "w") as f:
+            f.write("Class\n" + "".join(f"{int(c)}\n" for c in sorted(leaves)))
     args = dict(num_videos=num_videos, seed=seed, num_shards=num_shards, splits=list(splits),
                 min_frames=min_frames, max_frames=max_frames, uncorrelated_fraction=uncorrelated_fraction,
                 rgb_dim=rgb_dim, audio_dim=audio_dim, taxonomy_shape=list(taxonomy_shape),
                 max_offset=max_offset, noise=noise, second_label_fraction=second_label_fraction,
                 events_per_video=list(events_per_video), rank=rank, level_weights=list(level_weights),
                 class_skew=class_skew, prototype_scale=prototype_scale, nuisance_scale=nuisance_scale,
-                drift_scale=drift_scale,
-                event_scale=event_scale)
+                drift_scale=drift_scale, event_scale=event_scale, video_level=video_level,
+                segment_ratings=segment_ratings, negative_segments=negative_segments)
     manifest = {
         "format": MANIFEST_FORMAT, "version": 1, "generator": GENERATOR, "args": args,
         "num_classes": taxonomy.num_classes,
         "features": [["rgb", rgb_dim], ["audio", audio_dim]], "taxonomy": "taxonomy.json",
         "counts": dict(zip(SPLITS, counts.tolist())), "files": files,
+        "video_level_files": {split: [f"{VIDEO_LEVEL_DIR}/{n}" for n in names] for split, names in files.items()}
+        if video_level else None,
+        "segment_classes": sorted(int(c) for c in leaves) if segment_ratings else None,
+        "segments": "[start frame, class, score] of each rated 5-frame segment (1.0 present, 0.0 absent)",
         "audio_offset": "frames from a visual event to its audio event (positive: audio lags)",
         "videos": videos,
     }
@@ -226,6 +277,24 @@ def make_yt8m_data(output_dir, num_videos=2000, seed=0, num_shards=4, splits=(0.
         json.dump(manifest, f, indent=1, sort_keys=True)
         f.write("\n")
     return manifest
+
+
+def _rate_segments(rng, num_frames, video_leaves, event_times, all_leaves, negative_segments):
+    """Ratings `[start, class, score]` of one video, sorted; see the module docstring."""
+    starts = np.arange(num_frames // SEGMENT_FRAMES) * SEGMENT_FRAMES  # complete segments only
+    ratings = []
+    for leaf, times in zip(video_leaves, event_times):
+        with_event = np.isin(starts, np.asarray(times) // SEGMENT_FRAMES * SEGMENT_FRAMES)
+        ratings += [[int(t), leaf, 1.0] for t in starts[with_event]]
+        without = starts[~with_event]
+        ratings += [[int(t), leaf, 0.0] for t in rng.choice(without, min(negative_segments, without.size),
+                                                             replace=False)]
+    others = [c for c in all_leaves if c not in video_leaves]
+    if others and starts.size:
+        leaf = int(rng.choice(others))
+        ratings += [[int(t), leaf, 0.0] for t in rng.choice(starts, min(negative_segments, starts.size),
+                                                             replace=False)]
+    return sorted(ratings)
 
 
 def _random_ids(rng, n):
@@ -241,50 +310,28 @@ def _random_ids(rng, n):
     return ids
 
 
-def default_cache_dir():
-    """`$VT_KERAS_CACHE`, or `~/.cache/vt_keras` when it is unset."""
-    return os.environ.get("VT_KERAS_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "vt_keras")
-
-
-def _manifest_generator(path):
-    try:
-        with open(os.path.join(path, "manifest.json")) as f:
-            return json.load(f).get("generator")
-    except (OSError, ValueError, AttributeError):
-        return None
-
-
 def ensure_default_data(cache_dir=None):
     """Path of the default synthetic dataset, generated on first use.
 
-    The dataset goes to `<cache_dir>/yt8m_synthetic_v1` (`cache_dir` defaults
-    to `default_cache_dir()`). It is written to a temporary directory and
-    renamed into place, so an interrupted run never leaves half a dataset and
-    concurrent first uses both end with a complete one. A cached dataset from
-    another version of the generator (see `GENERATOR`) is replaced.
+    `make_yt8m_data`'s defaults go to `<cache_dir>/yt8m_synthetic_v1`
+    (`cache_dir` defaults to `default_cache_dir()`), made once and atomically
+    by `vt_keras.data.cache.ensure_cached`; a copy made by another version of
+    the generator (see `GENERATOR`) is replaced.
+
+    Example:
+        >>> root = ensure_default_data()  # root/train-*.tfrecord, root/taxonomy.json, ...
     """
-    root = cache_dir or default_cache_dir()
-    path = os.path.join(root, DEFAULT_DATASET)
-    if _manifest_generator(path) == GENERATOR:
-        return path
-    if os.path.exists(path) and not os.path.exists(os.path.join(path, "manifest.json")):
-        raise DataError(f"dataset directory '{path}' exists but has no manifest.json; delete it to regenerate")
-    os.makedirs(root, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{DEFAULT_DATASET}.", dir=root)
-    stale = None
-    try:
-        make_yt8m_data(tmp)
-        os.chmod(tmp, 0o755)  # mkdtemp makes it private; the cache is for every user of the machine
-        if os.path.exists(path) and _manifest_generator(path) != GENERATOR:
-            stale = tempfile.mkdtemp(prefix=f".{DEFAULT_DATASET}.stale.", dir=root)
-            os.rename(path, os.path.join(stale, "old"))
-        try:
-            os.rename(tmp, path)
-        except OSError:
-            if _manifest_generator(path) != GENERATOR:
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if stale:
-            shutil.rmtree(stale, ignore_errors=True)
-    return path
+    return ensure_cached(DEFAULT_DATASET, GENERATOR, lambda directory: make_yt8m_data(directory), cache_dir)
+
+
+def ensure_default_video_data(cache_dir=None):
+    """Directory of the default data's video-level records (`train-*`, `validate-*`, `test-*`, taxonomy.json).
+
+    The same videos as `ensure_default_data()`'s frame-level records, as
+    `tf.train.Example`s with `mean_rgb` and `mean_audio`; generated on first
+    use with them.
+
+    Example:
+        >>> pattern = os.path.join(ensure_default_video_data(), "train-*.tfrecord")
+    """
+    return os.path.join(ensure_default_data(cache_dir), VIDEO_LEVEL_DIR)

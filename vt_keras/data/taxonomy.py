@@ -1,7 +1,9 @@
 """A hierarchical label taxonomy: classes at levels 0 (coarsest) to 3 (finest).
 
 Per-level metrics and the synthetic data read the taxonomy from a file
-`taxonomy.json` kept beside the records. Its format (version 1):
+`taxonomy.json` kept beside the records (`find_taxonomy(pattern)` finds it,
+`load_taxonomy(setting, pattern)` follows a config's `data.taxonomy`). Its
+format (version 1):
 
     {
       "format": "vt_keras.taxonomy",
@@ -26,11 +28,14 @@ import json
 import os
 
 import numpy as np
+import tensorflow as tf
 
+from vt_keras.data.files import split_patterns
 from vt_keras.errors import DataError
 
 FORMAT = "vt_keras.taxonomy"
 VERSION = 1
+FILE_NAME = "taxonomy.json"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,7 +138,7 @@ class Taxonomy:
     def load(cls, path):
         """Reads a taxonomy file; a malformed one is a `DataError` naming it."""
         if os.path.isdir(path):
-            path = os.path.join(path, "taxonomy.json")
+            path = os.path.join(path, FILE_NAME)
         try:
             with open(path) as f:
                 data = json.load(f)
@@ -157,6 +162,55 @@ class Taxonomy:
     def __repr__(self):
         counts = np.bincount(self.levels())
         return f"Taxonomy({self.num_classes} classes; per level {counts.tolist()})"
+
+
+def find_taxonomy(file_pattern):
+    """Path of the `taxonomy.json` beside the data of `file_pattern`, or None if there is none.
+
+    "Beside" is the directory of the first pattern (`data/yt8m/train-*.tfrecord`
+    → `data/yt8m/taxonomy.json`), where `bin/make_data` writes it.
+
+    Example:
+        >>> find_taxonomy("data/yt8m/train-*.tfrecord")
+        'data/yt8m/taxonomy.json'
+    """
+    patterns = split_patterns(file_pattern)
+    if not patterns:
+        return None
+    path = os.path.join(os.path.dirname(patterns[0]), FILE_NAME)
+    return path if tf.io.gfile.exists(path) else None
+
+
+def load_taxonomy(setting, file_pattern, num_classes=None):
+    """The taxonomy a config's `data.taxonomy` setting names, or None.
+
+    Args:
+        setting: "" or None (no taxonomy), "auto" (`taxonomy.json` beside the
+            data of `file_pattern` if there is one) or the path of a taxonomy
+            file (an error if it does not exist).
+        file_pattern: the data the taxonomy describes.
+        num_classes: if given, the number of classes the taxonomy must have.
+
+    Returns:
+        A `Taxonomy`, or None.
+
+    Raises:
+        DataError: the file is missing or malformed, or has another number of classes.
+
+    Example:
+        >>> load_taxonomy("auto", "data/yt8m/validate-*.tfrecord", num_classes=88).num_levels
+        4
+    """
+    if not setting:
+        return None
+    path = find_taxonomy(file_pattern) if setting == "auto" else setting
+    if path is None:
+        return None
+    taxonomy = Taxonomy.load(path)
+    if num_classes is not None and taxonomy.num_classes != int(num_classes):
+        raise DataError(f"taxonomy {path} has {taxonomy.num_classes} classes; expected data.num_classes="
+                        f"{int(num_classes)}")
+    return taxonomy
 
 
 def _from_dict(entry, source):

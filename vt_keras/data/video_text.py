@@ -36,8 +36,14 @@ import numpy as np
 import tensorflow as tf
 
 from vt_keras.data import checks
-from vt_keras.data.yt8m import dequantize, quantize  # noqa: F401  (YouTube-8M's codes; public here too)
+from vt_keras.data.files import list_files
+from vt_keras.data.pipeline import record_dataset
+from vt_keras.data.quantization import dequantize, quantize
 from vt_keras.errors import DataError
+
+# Importable from here too: code written against `video_text.list_files` keeps working.
+__all__ = ["CLIP_ENCODINGS", "data_errors", "dequantize", "list_files", "make_video_text_example", "quantize",
+           "parse_video_text_example", "read_captions", "video_text_dataset", "write_video_text_records"]
 
 CLIP_ENCODINGS = ("float", "quantized")
 EXPERT_PREFIX = "expert/"
@@ -278,28 +284,19 @@ def _parse(serialized, clip_dim, max_clips, clip_encoding, experts, sources):
     return batch
 
 
-def list_files(file_pattern):
-    """Sorted files matching a glob pattern (or a list of patterns); DataError if none."""
-    patterns = [file_pattern] if isinstance(file_pattern, str) else list(file_pattern)
-    files = sorted({f for p in patterns for f in tf.io.gfile.glob(p)})
-    if not files:
-        raise DataError(
-            f"file pattern {file_pattern!r}: expected at least one TFRecord file, found none"
-        )
-    return files
-
-
 def video_text_dataset(file_pattern, batch_size, *, clip_dim, max_clips=16, clip_encoding="float",
                        shuffle=False, repeat=False, drop_remainder=False, input_context=None,
-                       seed=None, expert_features=(), shuffle_buffer=1024):
+                       seed=None, expert_features=(), shuffle_buffer=1024, skip_corrupt_records=False,
+                       skip_batches=0, cycle_length=8, deterministic=True):
     """A `tf.data.Dataset` of parsed, padded video–text batches.
 
-    Files are sharded over input pipelines by `input_context` (records are
-    sharded instead when there are fewer files than pipelines), read with a
-    parallel interleave, batched, then parsed a batch at a time.
+    The pipeline is `vt_keras.data.pipeline.record_dataset`, the one of the
+    YouTube-8M readers: files sharded over input pipelines (records when there
+    are fewer files than pipelines), each file checked for truncation or
+    corruption, batched, then parsed a batch at a time.
 
     Args:
-      file_pattern: glob pattern (or list of patterns) of TFRecord files.
+      file_pattern: glob pattern, several separated by commas, or a list of them.
       batch_size: examples per batch *of this dataset*; under a strategy pass
         `input_context.get_per_replica_batch_size(global_batch_size)`.
       clip_dim, max_clips, clip_encoding, expert_features: see
@@ -309,50 +306,32 @@ def video_text_dataset(file_pattern, batch_size, *, clip_dim, max_clips=16, clip
       drop_remainder: drop a last partial batch (fixed shapes for training).
       input_context: an optional `tf.distribute.InputContext`.
       seed: shuffle seed; with `shuffle=False` the order is the file order.
+      skip_corrupt_records: skip the unreadable rest of a truncated or corrupt
+        file (counted in `data_counters()`, logged) instead of raising a
+        `DataError` that names it.
+      skip_batches: drop the first batches of this stream before parsing
+        (resuming a run exactly where it stopped).
+      cycle_length, deterministic: see `record_dataset`.
 
     Returns:
       A dataset of dicts as returned by `parse_video_text_example`. Iterate it
       inside `with data_errors():` to get data problems as `DataError`.
+
+    Example:
+      >>> ds = video_text_dataset("data/train-*.tfrecord", 32, clip_dim=64, max_clips=16)
     """
     _check_encoding(clip_encoding)
     if batch_size < 1:
         raise DataError(f"batch_size: expected >= 1, found {batch_size}")
     experts = _expert_dims(expert_features)
-    files = list_files(file_pattern)
-    num_pipelines, pipeline_id = 1, 0
-    if input_context is not None:
-        num_pipelines = input_context.num_input_pipelines
-        pipeline_id = input_context.input_pipeline_id
-    shard_files = num_pipelines > 1 and len(files) >= num_pipelines
-    if shard_files:
-        files = files[pipeline_id::num_pipelines]
-    ds = tf.data.Dataset.from_tensor_slices(files)
-    if shuffle:
-        ds = ds.shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
 
-    # Plain graph code: skipping autograph makes each dataset build faster.
-    @tf.autograph.experimental.do_not_convert
-    def read(filename):
-        return tf.data.TFRecordDataset(filename).map(
-            tf.autograph.experimental.do_not_convert(lambda r: (r, filename)))
-
-    @tf.autograph.experimental.do_not_convert
     def parse(records, sources):
         return _parse(records, int(clip_dim), int(max_clips), clip_encoding, experts, sources)
 
-    # Deterministic order (the default) even when shuffling, so a seed
-    # reproduces a run.
-    ds = ds.interleave(read, cycle_length=min(len(files), 8), block_length=1,
-                       num_parallel_calls=tf.data.AUTOTUNE)
-    if num_pipelines > 1 and not shard_files:
-        ds = ds.shard(num_pipelines, pipeline_id)
-    if shuffle:
-        ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-    if repeat:
-        ds = ds.repeat()
-    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
-    ds = ds.map(parse, num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.prefetch(tf.data.AUTOTUNE)
+    return record_dataset(file_pattern, batch_size, parse, shuffle=shuffle, repeat=repeat,
+                          drop_remainder=drop_remainder, input_context=input_context, seed=seed,
+                          skip_corrupt_records=skip_corrupt_records, shuffle_buffer_size=shuffle_buffer,
+                          cycle_length=cycle_length, deterministic=deterministic, skip_batches=skip_batches)
 
 
 def read_captions(file_pattern):
@@ -360,10 +339,13 @@ def read_captions(file_pattern):
 
     Meant for `vt_keras.text.build_vocabulary` over the training split.
     """
-    ds = tf.data.TFRecordDataset(list_files(file_pattern)).batch(256)
     spec = {"caption": tf.io.RaggedFeature(tf.string)}
+
+    def parse(records, sources):
+        _, seqs, _ = tf.io.parse_sequence_example(records, sequence_features=spec, example_names=sources)
+        return seqs["caption"].flat_values
+
     with data_errors():
-        for records in ds:
-            _, seqs, _ = tf.io.parse_sequence_example(records, sequence_features=spec)
-            for caption in seqs["caption"].flat_values.numpy():
+        for captions in record_dataset(file_pattern, 256, parse):
+            for caption in captions.numpy():
                 yield caption.decode("utf-8")

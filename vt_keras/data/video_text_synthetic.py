@@ -40,8 +40,14 @@ import zlib
 import numpy as np
 import tensorflow as tf
 
+from vt_keras.data.cache import ensure_cached
 from vt_keras.data.video_text import make_video_text_example, write_video_text_records
 from vt_keras.errors import ConfigError
+
+DEFAULT_DATASET = "video_text_synthetic_v1"
+# Bump when a change to this file changes what the default arguments generate:
+# cached copies of another generator are then rebuilt.
+GENERATOR = 1
 
 FILLER_WORDS = ("the", "then", "and", "now", "we", "a", "next", "it", "so", "just", "gently",
                 "here")
@@ -219,3 +225,17 @@ def _to_example(video, clip_encoding, text_feature_dim):
         ex.context.feature["synthetic/" + key].int64_list.value.extend(
             int(v) for v in video[key])
     return ex
+
+
+def ensure_default_video_text_data(cache_dir=None):
+    """Path of the embedded default video–text data, generated on first use.
+
+    `make_video_text_data`'s defaults (1200 synthetic videos, 80/10/10 splits)
+    go to `<cache_dir>/video_text_synthetic_v1`, made once and atomically by
+    `vt_keras.data.cache.ensure_cached`; a copy made by another version of the
+    generator (`GENERATOR`) is replaced.
+
+    Example:
+        >>> root = ensure_default_video_text_data()  # root/train-*.tfrecord, ...
+    """
+    return ensure_cached(DEFAULT_DATASET, GENERATOR, lambda directory: make_video_text_data(directory), cache_dir)

@@ -5,6 +5,11 @@ one bytes entry of `dim` uint8 values per frame in each feature list),
 video-level records are `tf.train.Example`s (`id`, `labels`, float lists such
 as `mean_rgb`). Feature names and sizes are arguments (`features=(("rgb",
 1024), ("audio", 128))`), so one modality or other extractors need no edits.
+The id is `id` (2018+ releases) or `video_id` (2017), whichever a record
+has (`id_key="auto"`); `labels_key=None` reads no labels (serving); the 2019
+segment ratings are read with `segments=True` (see
+`vt_keras.data.yt8m_fields` and `vt_keras.data.segments`). The formats:
+docs/yt8m_data.md.
 
 How bad data surfaces (see `vt_keras.data.checks`). The interleave tags each
 record with its file; the parser asserts feature sizes, frame counts and
@@ -24,19 +29,28 @@ frame count, `num_frames` is the smallest count, the frames after it are
 zeroed in every feature, and `data_counters()["frame_count_mismatches"]`
 counts such records (a warning is logged for the first few).
 
-The writers are in `vt_keras.data.yt8m_writers` and can be imported from
-here too (`yt8m.write_frame_records`).
+Quantization (`vt_keras.data.quantization`), file listing
+(`vt_keras.data.files`), the tf.data builder (`vt_keras.data.pipeline`) and
+the writers (`vt_keras.data.yt8m_writers`) live in their own modules and can
+be imported from here too (`yt8m.dequantize`, `yt8m.write_frame_records`).
 """
-import numpy as np
 import tensorflow as tf
 
-from vt_keras.data.checks import (assert_rows, data_counters, data_errors, iterate, plain, read_checked_records,
-                                  report, reset_data_counters)
-from vt_keras.errors import ConfigError, DataError
+from vt_keras.data.checks import (assert_rows, data_counters, data_errors, describe_record, iterate, report,
+                                  reset_data_counters)
+from vt_keras.data.files import list_files
+from vt_keras.data.pipeline import record_dataset
+from vt_keras.data.quantization import dequantize, quantize
+from vt_keras.data.yt8m_writers import (FrameExampleWriter, VideoExampleWriter, make_frame_example,
+                                        make_video_example, write_frame_records, write_video_records)
+from vt_keras.data.yt8m_fields import (context_spec, multi_hot_labels, normalize_features, pick_ids,
+                                       segment_ratings, where)
 
 FRAME_FEATURES = (("rgb", 1024), ("audio", 128))
 VIDEO_FEATURES = (("mean_rgb", 1024), ("mean_audio", 128))
 
+# Re-exported: quantization, file listing, checks and writers have their own
+# modules; code written against `yt8m.<name>` keeps working.
 _WRITERS = ("FrameExampleWriter", "VideoExampleWriter", "make_frame_example", "make_video_example",
             "write_frame_records", "write_video_records")
 __all__ = ["FRAME_FEATURES", "VIDEO_FEATURES", "dequantize", "quantize", "parse_frame_example",
@@ -44,84 +58,7 @@ __all__ = ["FRAME_FEATURES", "VIDEO_FEATURES", "dequantize", "quantize", "parse_
            "data_counters", "reset_data_counters", *_WRITERS]
 
 
-def dequantize(q, max_quantized_value=2.0, min_quantized_value=-2.0):
-    """Maps uint8 codes to floats as the YouTube-8M starter code does.
-
-    `x = q * range / 255 + range / 512 + min`, so with the defaults q = 0 gives
-    -1.9921875 and q = 255 gives 2.0078125. Numpy in, numpy out; tensors in,
-    float32 tensor out.
-    """
-    span = max_quantized_value - min_quantized_value
-    scale, bias = span / 255.0, span / 512.0 + min_quantized_value
-    if isinstance(q, (tf.Tensor, tf.Variable)):
-        if q.dtype == tf.uint8:
-            # TensorFlow's Dequantize computes `min + q · (max − min) / 255` in
-            # one pass over the codes (the three-op form made three) and gives
-            # the same float32 values.
-            return tf.quantization.dequantize(tf.bitcast(q, tf.quint8), bias, bias + span, mode="MIN_COMBINED")
-        return tf.cast(q, tf.float32) * scale + bias
-    return (np.asarray(q, np.float32) * np.float32(scale) + np.float32(bias)).astype(np.float32)
-
-
-def quantize(x, max_quantized_value=2.0, min_quantized_value=-2.0):
-    """Maps floats to uint8 codes: `round((clip(x, min, max) - min) * 255 / range)`.
-
-    The inverse of `dequantize` on its outputs: `quantize(dequantize(q)) == q`.
-    """
-    span = max_quantized_value - min_quantized_value
-    if isinstance(x, (tf.Tensor, tf.Variable)):
-        x = tf.clip_by_value(tf.cast(x, tf.float32), min_quantized_value, max_quantized_value)
-        return tf.cast(tf.round((x - min_quantized_value) * (255.0 / span)), tf.uint8)
-    # In place on one float32 copy: this runs over every frame the writers write.
-    x = np.array(x, np.float32)
-    np.clip(x, min_quantized_value, max_quantized_value, out=x)
-    x -= np.float32(min_quantized_value)
-    x *= np.float32(255.0 / span)
-    return np.rint(x, out=x).astype(np.uint8)
-
-
 # ---------------------------------------------------------------- parsing
-def _normalize_features(features):
-    items = list(features.items() if isinstance(features, dict) else features)
-    if not items:
-        raise ConfigError("features: expected at least one (name, dim) pair, found none")
-    out = []
-    for item in items:
-        try:
-            name, dim = item
-            ok = isinstance(name, str) and int(dim) == dim and dim > 0
-        except (TypeError, ValueError):
-            ok = False
-        if not ok:
-            raise ConfigError(f"features: expected (name, positive dim) pairs, found {item!r}")
-        out.append((name, int(dim)))
-    return tuple(out)
-
-
-def _where(ids, filenames):
-    where = tf.strings.join(["record '", ids, "'"])
-    if filenames is not None:
-        where = tf.strings.join(["file '", filenames, "', ", where])
-    return where
-
-
-def _labels(labels, num_classes, where):
-    """Checks sparse label ids `[B, None]` against `num_classes`; returns (check, multi-hot)."""
-    rows, values = labels.indices[:, 0], labels.values
-    bad = tf.logical_or(values < 0, values >= num_classes)
-    batch = tf.shape(where, out_type=tf.int64)[0]
-    # Empty rows get the dtype's minimum from the segment max: fine, not bad.
-    ok = tf.math.unsorted_segment_max(tf.cast(bad, tf.int32), rows, batch) <= 0
-    # The first bad value in row-major order is in the first bad row.
-    check = assert_rows(ok, where, lambda i: tf.strings.join([
-        "label ", tf.as_string(tf.boolean_mask(values, bad)[0]),
-        f" out of range; expected 0 <= label < num_classes={num_classes}"]))
-    with tf.control_dependencies([check]):
-        zeros = tf.zeros(tf.stack([batch, tf.constant(num_classes, tf.int64)]), tf.float32)
-        hot = tf.tensor_scatter_nd_max(zeros, tf.stack([rows, values], axis=1), tf.ones_like(values, tf.float32))
-    return check, hot
-
-
 def l2_normalize_concat(tensors):
     """L2-normalises the concatenation of `tensors` along the last axis (the starter code's `l2_normalize`).
 
@@ -140,15 +77,23 @@ def l2_normalize_concat(tensors):
     return [t * inv for t in tensors]
 
 
+def _record_kind_hint(serialized, missing):
+    """For row i: "" or, when `missing[i]` (the expected feature is absent), what the record holds instead."""
+    return lambda i: tf.cond(missing[i], lambda: tf.strings.join(["; ", describe_record(serialized[i])]),
+                             lambda: tf.constant(""))
+
+
 def parse_frame_example(
     serialized,
     features=FRAME_FEATURES,
     max_frames=300,
     num_classes=3862,
-    id_key="id",
+    id_key="auto",
     labels_key="labels",
     l2_normalize=False,
     filenames=None,
+    segments=False,
+    count_problems=True,
 ):
     """Parses a batch of frame-level SequenceExamples.
 
@@ -156,58 +101,83 @@ def parse_frame_example(
         serialized: string `[B]`, serialized `tf.train.SequenceExample`s.
         features: `(name, dim)` pairs, one feature list of `dim` bytes per frame each.
         max_frames: frames kept per video; later frames are dropped.
-        num_classes: size of the multi-hot label vector.
-        id_key, labels_key: context keys of the video id and the label ids.
+        num_classes: size of the multi-hot label vector (and the bound of
+            segment class ids).
+        id_key: context key of the video id: "auto" (per record, `id` of the
+            2018+ releases or `video_id` of the 2017 one) or a key.
+        labels_key: context key of the label ids; None reads no labels (what
+            serving does: a record's labels, any or none, never matter).
         l2_normalize: L2-normalise the concatenation of all features of each
             frame (the starter code's input normalisation).
         filenames: optional string `[B]` of source files, named in errors.
+        segments: also read the 2019 segment ratings (see
+            `vt_keras.data.yt8m_fields`), checked: equal lengths, start times
+            inside the frames read, class ids below `num_classes`.
+        count_problems: count and log records whose feature lists disagree in
+            frame count (`data_counters()`); False handles them the same
+            without the Python callback (for SavedModel exports).
 
     Returns:
         `{"id": string [B], name: float32 [B, max_frames, dim] per feature,
         "num_frames": int32 [B], "mask": bool [B, max_frames],
-        "labels": float32 [B, num_classes]}`. Values are dequantized and padded
-        with 0.0 after dequantization; `num_frames = min(frames, max_frames)`,
-        the smallest count over features if they disagree.
+        "labels": float32 [B, num_classes]}` (no "labels" when `labels_key` is
+        None); with `segments`, also ragged `"segment_labels"`,
+        `"segment_start_times"` (int32) and `"segment_scores"` (float32)
+        `[B, None]`. Values are dequantized and padded with 0.0 after
+        dequantization; `num_frames = min(frames, max_frames)`, the smallest
+        count over features if they disagree.
+
+    Example:
+        >>> batch = parse_frame_example(records, num_classes=3862)  # records: string [B]
+        >>> batch["rgb"].shape, batch["labels"].shape
+        (TensorShape([B, 300, 1024]), TensorShape([B, 3862]))
     """
-    features = _normalize_features(features)
+    features = normalize_features(features)
     context, lists, lengths = tf.io.parse_sequence_example(
         serialized,
-        context_features={
-            id_key: tf.io.FixedLenFeature([], tf.string, default_value=""),
-            labels_key: tf.io.VarLenFeature(tf.int64),
-        },
+        context_features=context_spec(id_key, labels_key, segments),
         sequence_features={name: tf.io.FixedLenSequenceFeature([], tf.string, allow_missing=True)
                            for name, _ in features},
     )
-    ids = context[id_key]
-    where = _where(ids, filenames)
-    check, hot = _labels(context[labels_key], num_classes, where)
-    checks, rows = [check], []
+    ids, check = pick_ids(context, id_key, filenames)
+    where_ = where(ids, filenames)
+    checks, rows, out = [check], [], {}
+    if labels_key is not None:
+        check, out["labels"] = multi_hot_labels(context[labels_key], num_classes, where_)
+        checks.append(check)
     for name, dim in features:
         # Dense [B, frames] bytes, padded with "" past each video's length.
         count, frame_bytes = lengths[name], tf.strings.length(lists[name])
         wrong = tf.logical_and(tf.sequence_mask(count, tf.shape(frame_bytes)[1]), frame_bytes != dim)
         rows.append(count)
-        checks.append(assert_rows(count > 0, where, lambda i, name=name, dim=dim: tf.constant(
-            f"feature list '{name}' is missing or empty; expected frames of {dim} bytes, found 0 frames")))
+        hint = _record_kind_hint(serialized, count <= 0)
+        checks.append(assert_rows(count > 0, where_, lambda i, name=name, dim=dim, hint=hint: tf.strings.join([
+            f"feature list '{name}' is missing or empty; expected frames of {dim} bytes, found 0 frames",
+            hint(i)])))
         checks.append(assert_rows(
-            tf.logical_not(tf.reduce_any(wrong, axis=1)), where,
+            tf.logical_not(tf.reduce_any(wrong, axis=1)), where_,
             lambda i, b=frame_bytes, w=wrong, name=name, dim=dim: tf.strings.join([
                 f"feature list '{name}' expected {dim} bytes per frame, found ",
                 tf.as_string(tf.boolean_mask(b, w)[0])])))
     shortest = tf.reduce_min(tf.stack(rows), axis=0)
-    if len(rows) > 1:
+    if len(rows) > 1 and count_problems:
         mismatch = tf.reduce_any(tf.stack(rows) != shortest, axis=0)
         checks.append(tf.cond(
             tf.reduce_any(mismatch),
             lambda: report("frame_count_mismatches", tf.strings.join([
-                where[tf.argmax(tf.cast(mismatch, tf.int32), output_type=tf.int32)],
+                where_[tf.argmax(tf.cast(mismatch, tf.int32), output_type=tf.int32)],
                 ": feature lists disagree in frame count; using the smallest"])),
             lambda: tf.constant(0, tf.int32)))
+    num_frames = tf.cast(tf.minimum(shortest, max_frames), tf.int32)
+    if segments:
+        segment_checks, segment_out = segment_ratings(context, num_frames, num_classes, max_frames, where_)
+        checks.extend(segment_checks)
     with tf.control_dependencies(checks):
-        num_frames = tf.cast(tf.minimum(shortest, max_frames), tf.int32)
+        num_frames = tf.identity(num_frames)
         mask = tf.sequence_mask(num_frames, max_frames)
-        out = {"id": tf.identity(ids), "num_frames": num_frames, "mask": mask, "labels": hot}
+        out.update({"id": tf.identity(ids), "num_frames": num_frames, "mask": mask})
+        if segments:
+            out.update(segment_out)
         values = []
         for name, dim in features:
             # Frames are checked to be `dim` bytes each; missing frames of the
@@ -235,7 +205,7 @@ def parse_video_example(
     serialized,
     features=VIDEO_FEATURES,
     num_classes=3862,
-    id_key="id",
+    id_key="auto",
     labels_key="labels",
     l2_normalize=False,
     filenames=None,
@@ -246,28 +216,37 @@ def parse_video_example(
         serialized: string `[B]`, serialized `tf.train.Example`s.
         features: `(name, dim)` pairs, a float list of length `dim` each.
         num_classes, id_key, labels_key, l2_normalize, filenames: as in
-            `parse_frame_example` (2017 data uses `id_key="video_id"`).
+            `parse_frame_example` (`id_key="auto"` reads the 2017 release's
+            `video_id` and the later `id`; `labels_key=None` for serving).
 
     Returns:
         `{"id": string [B], name: float32 [B, dim] per feature, "labels":
-        float32 [B, num_classes]}`.
+        float32 [B, num_classes]}` (no "labels" when `labels_key` is None).
+
+    Example:
+        >>> batch = parse_video_example(records, num_classes=3862)  # records: string [B]
+        >>> batch["mean_rgb"].shape
+        TensorShape([B, 1024])
     """
-    features = _normalize_features(features)
-    spec = {id_key: tf.io.FixedLenFeature([], tf.string, default_value=""),
-            labels_key: tf.io.VarLenFeature(tf.int64)}
+    features = normalize_features(features)
+    spec = context_spec(id_key, labels_key)
     spec.update({name: tf.io.VarLenFeature(tf.float32) for name, _ in features})
     parsed = tf.io.parse_example(serialized, spec)
-    ids = parsed[id_key]
-    where = _where(ids, filenames)
-    check, hot = _labels(parsed[labels_key], num_classes, where)
-    checks = [check]
+    ids, check = pick_ids(parsed, id_key, filenames)
+    where_ = where(ids, filenames)
+    checks, out = [check], {}
+    if labels_key is not None:
+        check, out["labels"] = multi_hot_labels(parsed[labels_key], num_classes, where_)
+        checks.append(check)
     for name, dim in features:
         rows = tf.cast(parsed[name].indices[:, 0], tf.int32)
         length = tf.math.bincount(rows, minlength=tf.size(ids), maxlength=tf.size(ids))
-        checks.append(assert_rows(length == dim, where, lambda i, name=name, dim=dim, length=length: tf.strings.join(
-            [f"feature '{name}' expected {dim} floats, found ", tf.as_string(length[i])])))
+        hint = _record_kind_hint(serialized, length == 0)
+        checks.append(assert_rows(length == dim, where_, lambda i, name=name, dim=dim, length=length, hint=hint:
+                                  tf.strings.join([f"feature '{name}' expected {dim} floats, found ",
+                                                   tf.as_string(length[i]), hint(i)])))
     with tf.control_dependencies(checks):
-        out = {"id": tf.identity(ids), "labels": hot}
+        out["id"] = tf.identity(ids)
         # Every row holds exactly `dim` values (checked), in row-major order.
         values = [tf.reshape(parsed[name].values, [-1, dim]) for name, dim in features]
         if l2_normalize:
@@ -277,71 +256,18 @@ def parse_video_example(
 
 
 # --------------------------------------------------------------- datasets
-def list_files(file_pattern):
-    """Sorted files matching a pattern or a comma-separated list of patterns."""
-    patterns = [p.strip() for p in str(file_pattern).split(",") if p.strip()]
-    if not patterns:
-        raise DataError(f"file pattern {file_pattern!r}: expected a glob pattern, found nothing")
-    files = set()
-    for pattern in patterns:
-        matched = tf.io.gfile.glob(pattern)
-        if not matched:
-            raise DataError(f"file pattern '{pattern}' matches no files")
-        files.update(matched)
-    return sorted(files)
-
-
-def _dataset(file_pattern, batch_size, parse, *, shuffle, repeat, drop_remainder, input_context, seed,
-             skip_corrupt_records, shuffle_buffer_size, cycle_length, deterministic):
-    files = list_files(file_pattern)
-    sizes = [tf.io.gfile.stat(f).length for f in files]
-    pipelines, pipeline_id = 1, 0
-    if input_context is not None:
-        pipelines, pipeline_id = input_context.num_input_pipelines, input_context.input_pipeline_id
-    shard_files = pipelines > 1 and len(files) >= pipelines
-    shard_records = pipelines > 1 and not shard_files
-    ds = tf.data.Dataset.from_tensor_slices((files, tf.constant(sizes, tf.int64)))
-    if shard_files:
-        ds = ds.shard(pipelines, pipeline_id)
-    if shuffle:
-        # Record sharding needs the same file order on every pipeline.
-        file_seed = 0 if (shard_records and seed is None) else seed
-        ds = ds.shuffle(len(files), seed=file_seed, reshuffle_each_iteration=True)
-    if repeat:
-        ds = ds.repeat()
-    ds = ds.interleave(
-        plain(lambda f, s: read_checked_records(f, s, skip_corrupt_records)),
-        cycle_length=max(1, min(cycle_length, len(files))), block_length=1,
-        num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
-    if shard_records:
-        ds = ds.shard(pipelines, pipeline_id)
-    if shuffle and shuffle_buffer_size > 1:
-        ds = ds.shuffle(shuffle_buffer_size, seed=seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size, drop_remainder=drop_remainder)
-    ds = ds.map(plain(lambda records, names: parse(records, filenames=names)),
-                num_parallel_calls=tf.data.AUTOTUNE, deterministic=deterministic)
-    return ds.prefetch(tf.data.AUTOTUNE)
-
-
 _DATASET_DOC = """
     Args:
-        file_pattern: a glob, or several separated by commas. Matching no
-            file is a `DataError` naming the pattern.
+        file_pattern: a glob, several separated by commas, or a list of them.
+            A pattern matching no file is a `DataError` naming it.
         batch_size: examples per batch of this dataset (per replica when
             built by `distribute_datasets_from_function`).
-        shuffle: shuffle the files each epoch and records in a buffer of
-            `shuffle_buffer_size`.
-        repeat: repeat forever.
-        drop_remainder: drop the last partial batch (static batch size).
-        input_context: a `tf.distribute.InputContext`; files are sharded by
-            `input_pipeline_id` over `num_input_pipelines`, records when there
-            are fewer files than pipelines.
-        seed: shuffle seed.
-        skip_corrupt_records: skip the unreadable rest of a truncated or
-            corrupt file (counted, logged) instead of raising.
-        l2_normalize: see the parser.
-        cycle_length: files read at once by the interleave.
-        deterministic: keep a fixed element order (needed for reproducibility).
+        shuffle, repeat, drop_remainder, input_context, seed,
+        skip_corrupt_records, shuffle_buffer_size, cycle_length,
+        deterministic, skip_batches: as in
+            `vt_keras.data.pipeline.record_dataset` (`skip_batches`: the
+            first batches of this stream are dropped before parsing, so a
+            resumed run continues exactly where it stopped).
         Other arguments go to the parser.
 
     Iterate under `data_errors()` or with `iterate()` to get `DataError`s.
@@ -350,53 +276,44 @@ _DATASET_DOC = """
 
 def frame_dataset(file_pattern, batch_size, *, features=FRAME_FEATURES, max_frames=300, num_classes=3862,
                   shuffle=False, repeat=False, drop_remainder=False, input_context=None, seed=None,
-                  skip_corrupt_records=False, l2_normalize=False, id_key="id", labels_key="labels",
-                  shuffle_buffer_size=256, cycle_length=8, deterministic=True):
+                  skip_corrupt_records=False, l2_normalize=False, id_key="auto", labels_key="labels",
+                  shuffle_buffer_size=256, cycle_length=8, deterministic=True, skip_batches=0):
     """A batched, parsed dataset of frame-level records (see `parse_frame_example`).
     {doc}
     Example:
         >>> ds = frame_dataset("data/train-*.tfrecord", 32, num_classes=88)
     """
-    features = _normalize_features(features)
+    features = normalize_features(features)
 
     def parse(serialized, filenames):
         return parse_frame_example(serialized, features, max_frames, num_classes, id_key, labels_key,
                                    l2_normalize, filenames)
 
-    return _dataset(file_pattern, batch_size, parse, shuffle=shuffle, repeat=repeat,
-                    drop_remainder=drop_remainder, input_context=input_context, seed=seed,
-                    skip_corrupt_records=skip_corrupt_records, shuffle_buffer_size=shuffle_buffer_size,
-                    cycle_length=cycle_length, deterministic=deterministic)
+    return record_dataset(file_pattern, batch_size, parse, shuffle=shuffle, repeat=repeat,
+                          drop_remainder=drop_remainder, input_context=input_context, seed=seed,
+                          skip_corrupt_records=skip_corrupt_records, shuffle_buffer_size=shuffle_buffer_size,
+                          cycle_length=cycle_length, deterministic=deterministic, skip_batches=skip_batches)
 
 
 def video_dataset(file_pattern, batch_size, *, features=VIDEO_FEATURES, num_classes=3862, shuffle=False,
                   repeat=False, drop_remainder=False, input_context=None, seed=None,
-                  skip_corrupt_records=False, l2_normalize=False, id_key="id", labels_key="labels",
-                  shuffle_buffer_size=1024, cycle_length=8, deterministic=True):
+                  skip_corrupt_records=False, l2_normalize=False, id_key="auto", labels_key="labels",
+                  shuffle_buffer_size=1024, cycle_length=8, deterministic=True, skip_batches=0):
     """A batched, parsed dataset of video-level records (see `parse_video_example`).
     {doc}
     Example:
         >>> ds = video_dataset("data/train-*.tfrecord", 256, num_classes=3862)
     """
-    features = _normalize_features(features)
+    features = normalize_features(features)
 
     def parse(serialized, filenames):
         return parse_video_example(serialized, features, num_classes, id_key, labels_key, l2_normalize, filenames)
 
-    return _dataset(file_pattern, batch_size, parse, shuffle=shuffle, repeat=repeat,
-                    drop_remainder=drop_remainder, input_context=input_context, seed=seed,
-                    skip_corrupt_records=skip_corrupt_records, shuffle_buffer_size=shuffle_buffer_size,
-                    cycle_length=cycle_length, deterministic=deterministic)
+    return record_dataset(file_pattern, batch_size, parse, shuffle=shuffle, repeat=repeat,
+                          drop_remainder=drop_remainder, input_context=input_context, seed=seed,
+                          skip_corrupt_records=skip_corrupt_records, shuffle_buffer_size=shuffle_buffer_size,
+                          cycle_length=cycle_length, deterministic=deterministic, skip_batches=skip_batches)
 
 
 frame_dataset.__doc__ = frame_dataset.__doc__.replace("{doc}", _DATASET_DOC)
 video_dataset.__doc__ = video_dataset.__doc__.replace("{doc}", _DATASET_DOC)
-
-
-def __getattr__(name):
-    # Lazy, because the writers import `quantize` from this module.
-    if name in _WRITERS:
-        from vt_keras.data import yt8m_writers
-
-        return getattr(yt8m_writers, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,8 +1,10 @@
 """Writers of YouTube-8M-format records (frame level and video level).
 
-An example is a dict: `"id"` (str), `"labels"` (int ids) and one entry per
-feature. Frame-level features are arrays `[frames, dim]`: floats are
-quantized to uint8 on write (`vt_keras.data.yt8m.quantize`), uint8 arrays
+An example is a dict: `"id"` (str), `"labels"` (int ids), for frame-level
+records optionally the 2019 segment ratings (`"segment_labels"`,
+`"segment_start_times"`, `"segment_scores"`: lists of one entry per rated
+(segment, class) pair, written to the context), and one entry per feature. Frame-level features are arrays `[frames, dim]`: floats are
+quantized to uint8 on write (`vt_keras.data.quantization.quantize`), uint8 arrays
 are written as they are. Video-level features are float vectors `[dim]`,
 written as float lists like the released `mean_rgb`. Protos are serialized
 deterministically, so the same examples always give byte-identical files.
@@ -10,17 +12,38 @@ deterministically, so the same examples always give byte-identical files.
 import numpy as np
 import tensorflow as tf
 
-from vt_keras.data.yt8m import quantize
+from vt_keras.data.quantization import quantize
 from vt_keras.errors import DataError
 
-_RESERVED = ("id", "labels")
+SEGMENT_KEYS = ("segment_labels", "segment_start_times", "segment_scores")
+_RESERVED = ("id", "labels", *SEGMENT_KEYS)
 
 
 def _split(example):
     if "id" not in example or "labels" not in example:
         raise DataError(f"example: expected keys 'id' and 'labels', found {sorted(example)}")
     features = {k: v for k, v in example.items() if k not in _RESERVED}
-    return example["id"], example["labels"], features
+    segments = {k: example[k] for k in SEGMENT_KEYS if k in example}
+    return example["id"], example["labels"], features, segments
+
+
+def _segment_context(segments):
+    """Context features of the segment ratings (all three keys, or none)."""
+    if not segments:
+        return {}
+    if len(segments) != len(SEGMENT_KEYS):
+        raise DataError(f"segment ratings: expected all of {list(SEGMENT_KEYS)}, found {sorted(segments)}")
+    lengths = {k: len(v) for k, v in segments.items()}
+    if len(set(lengths.values())) != 1:
+        raise DataError(f"segment ratings: expected one entry of each key per rated pair, found lengths {lengths}")
+    return {
+        "segment_labels": tf.train.Feature(int64_list=tf.train.Int64List(
+            value=np.asarray(segments["segment_labels"], np.int64).tolist())),
+        "segment_start_times": tf.train.Feature(int64_list=tf.train.Int64List(
+            value=np.asarray(segments["segment_start_times"], np.int64).tolist())),
+        "segment_scores": tf.train.Feature(float_list=tf.train.FloatList(
+            value=np.asarray(segments["segment_scores"], np.float32).tolist())),
+    }
 
 
 def _context(video_id, labels, id_key, labels_key):
@@ -58,7 +81,7 @@ def _bytes_feature_list(codes):
     return tf.train.FeatureList.FromString(wire.tobytes())
 
 
-def make_frame_example(video_id, labels, features, id_key="id", labels_key="labels"):
+def make_frame_example(video_id, labels, features, id_key="id", labels_key="labels", segments=None):
     """Builds a frame-level `tf.train.SequenceExample`.
 
     Args:
@@ -67,6 +90,8 @@ def make_frame_example(video_id, labels, features, id_key="id", labels_key="labe
         features: dict name -> array `[frames, dim]`; floats are quantized,
             uint8 values are kept as they are.
         id_key, labels_key: context keys.
+        segments: optional segment ratings, a dict of `segment_labels`,
+            `segment_start_times` and `segment_scores` (equal lengths).
 
     Example:
         >>> make_frame_example("v1", [3, 7], {"rgb": np.zeros([5, 1024])})
@@ -78,8 +103,10 @@ def make_frame_example(video_id, labels, features, id_key="id", labels_key="labe
             raise DataError(f"feature '{name}': expected an array [frames, dim], found shape {values.shape}")
         codes = values if values.dtype == np.uint8 else quantize(values)
         lists[name] = _bytes_feature_list(codes)
+    context = _context(video_id, labels, id_key, labels_key)
+    context.update(_segment_context(segments))
     return tf.train.SequenceExample(
-        context=tf.train.Features(feature=_context(video_id, labels, id_key, labels_key)),
+        context=tf.train.Features(feature=context),
         feature_lists=tf.train.FeatureLists(feature_list=lists),
     )
 
@@ -109,8 +136,13 @@ class _RecordWriter:
 
     def write(self, example):
         """Writes one example dict; see the module docstring."""
-        video_id, labels, features = _split(example)
-        proto = self._make(video_id, labels, features, self.id_key, self.labels_key)
+        video_id, labels, features, segments = _split(example)
+        if segments:
+            if self._make is not make_frame_example:
+                raise DataError(f"example '{video_id}': segment ratings belong to frame-level records")
+            proto = make_frame_example(video_id, labels, features, self.id_key, self.labels_key, segments)
+        else:
+            proto = self._make(video_id, labels, features, self.id_key, self.labels_key)
         self._writer.write(proto.SerializeToString(deterministic=True))
         self.count += 1
 

@@ -1,9 +1,11 @@
-"""vt_keras.metrics: YouTube-8M classification metrics and text-video retrieval metrics."""
+"""vt_keras.metrics: YouTube-8M classification and segment metrics, text-video retrieval metrics."""
 from vt_keras.metrics.retrieval import mean_rank
 from vt_keras.metrics.retrieval import median_rank
 from vt_keras.metrics.retrieval import ranks
 from vt_keras.metrics.retrieval import recall_at_k
 from vt_keras.metrics.retrieval import retrieval_metrics
+from vt_keras.metrics.segments import segment_average_precision
+from vt_keras.metrics.segments import segment_map
 from vt_keras.metrics.yt8m import YT8MMetrics
 from vt_keras.metrics.yt8m import average_precision
 from vt_keras.metrics.yt8m import format_table
@@ -25,4 +27,6 @@ __all__ = [
     "ranks",
     "recall_at_k",
     "retrieval_metrics",
+    "segment_average_precision",
+    "segment_map",
 ]

@@ -31,8 +31,7 @@ import numpy as np
 import tensorflow as tf
 
 from vt_keras.data import yt8m
-from vt_keras.data.taxonomy import Taxonomy
-from vt_keras.errors import DataError
+from vt_keras.data.taxonomy import load_taxonomy
 from vt_keras.layers.correlation_tower import correlation_metrics, weighted_binary_crossentropy
 from vt_keras.models.video_classifier import build_tower_model
 from vt_keras.tasks.yt8m import TOWER_TASK, YT8MClassification
@@ -106,17 +105,8 @@ class CorrelationTowerTask(YT8MClassification):
     def top_levels(self):
         """The class → top-level matrix from `data.taxonomy` ("auto": beside the training files), or None."""
         if self._top_matrix is _UNSET:
-            path = self.config.data.taxonomy
-            if path == "auto":
-                path = os.path.join(os.path.dirname(self.config.data.train_pattern.split(",")[0]), "taxonomy.json")
-                path = path if tf.io.gfile.exists(path) else ""
-            self._top_matrix = None
-            if path:
-                taxonomy = Taxonomy.load(path)
-                if taxonomy.num_classes != self.num_classes:
-                    raise DataError(f"taxonomy {path} has {taxonomy.num_classes} classes; expected "
-                                    f"data.num_classes={self.num_classes}")
-                self._top_matrix = top_level_matrix(taxonomy)
+            taxonomy = load_taxonomy(self.config.data.taxonomy, self.config.data.train_pattern, self.num_classes)
+            self._top_matrix = None if taxonomy is None else top_level_matrix(taxonomy)
         return self._top_matrix
 
     def pairs(self, batch, shift):
@@ -205,7 +195,7 @@ class CorrelationTowerTask(YT8MClassification):
 
         def serving_default(example_bytes):
             parsed = yt8m.parse_frame_example(example_bytes, features=self.features, max_frames=self.max_frames,
-                                              num_classes=self.num_classes)
+                                              num_classes=self.num_classes, labels_key=None, count_problems=False)
             inputs = {n: parsed[n] for n in names}
             inputs.update(video_mask=parsed["mask"], audio_mask=parsed["mask"])
             out = model(inputs, training=False)

@@ -42,15 +42,13 @@ results["t2v/R@1"]
 """
 import hashlib
 import os
-import shutil
-import tempfile
 
 import numpy as np
 import tensorflow as tf
 
-from vt_keras.data import video_text_synthetic
-from vt_keras.data.synthetic import default_cache_dir
+from vt_keras.data.cache import default_cache_dir
 from vt_keras.data.video_text import data_errors, read_captions, video_text_dataset
+from vt_keras.data.video_text_synthetic import DEFAULT_DATASET, ensure_default_video_text_data  # noqa: F401
 from vt_keras.errors import ConfigError, DataError
 from vt_keras.export_retrieval import export_dual_encoder
 from vt_keras.losses.cka import cka
@@ -63,7 +61,6 @@ from vt_keras.train.checkpoints import track_variables
 from vt_keras.train.task import TASKS, Task, fill_default_data
 
 TASK_NAME = "retrieval"
-DEFAULT_DATASET = "video_text_synthetic_v1"
 VOCABULARY_DIR = "vocabularies"
 RETRIEVAL_LOSSES = Registry("retrieval loss")
 
@@ -112,34 +109,6 @@ class InfoNCE(RetrievalLoss):
     def __call__(self, outputs, batch, ctx):
         del batch
         return info_nce(outputs["video"], outputs["text"], gather=ctx.gather, **self.config.loss.info_nce)
-
-
-def ensure_default_video_text_data(cache_dir=None):
-    """Path of the embedded default video–text data, generated on first use.
-
-    `make_video_text_data`'s defaults (1200 synthetic videos, 80/10/10 splits)
-    go to `<cache_dir>/video_text_synthetic_v1`; written to a temporary
-    directory and renamed into place, so an interrupted or concurrent first
-    use never leaves half a dataset.
-    """
-    root = cache_dir or default_cache_dir()
-    path = os.path.join(root, DEFAULT_DATASET)
-    if os.path.exists(os.path.join(path, "manifest.json")):
-        return path
-    if os.path.exists(path):
-        raise DataError(f"dataset directory '{path}' exists but has no manifest.json; delete it to regenerate")
-    os.makedirs(root, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{DEFAULT_DATASET}.", dir=root)
-    try:
-        video_text_synthetic.make_video_text_data(tmp)
-        try:
-            os.rename(tmp, path)
-        except OSError:
-            if not os.path.exists(os.path.join(path, "manifest.json")):
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return path
 
 
 def vocabulary_digest(tokens):

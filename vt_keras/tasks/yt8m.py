@@ -12,8 +12,8 @@ import tensorflow as tf
 
 from vt_keras import export
 from vt_keras.data import synthetic, yt8m
-from vt_keras.data.taxonomy import Taxonomy
-from vt_keras.errors import ConfigError, DataError
+from vt_keras.data.taxonomy import Taxonomy, find_taxonomy, load_taxonomy
+from vt_keras.errors import ConfigError
 from vt_keras.metrics.yt8m import YT8MMetrics, format_table
 from vt_keras.models.video_classifier import CKA_LAYER, TOWER_LAYER, build_tower_model, build_video_classifier
 from vt_keras.train import checkpoints
@@ -50,11 +50,11 @@ class YT8MClassification(Task):
         if not d.eval_pattern:
             raise ConfigError("data.eval_pattern is empty; expected the validation files' pattern")
         if int(d.num_classes) <= 0:
-            path = os.path.join(os.path.dirname(d.train_pattern.split(",")[0]), "taxonomy.json")
-            if not tf.io.gfile.exists(path):
+            path = find_taxonomy(d.train_pattern)
+            if path is None:
                 raise ConfigError(f"data.num_classes={d.num_classes} and no taxonomy.json beside "
                                   f"{d.train_pattern}; set --config.data.num_classes (3862 for YouTube-8M)")
-            d.num_classes = len(Taxonomy.load(path).levels())
+            d.num_classes = Taxonomy.load(path).num_classes
         return used_default
 
     @property
@@ -153,20 +153,8 @@ class YT8MClassification(Task):
 
     def taxonomy_levels(self, pattern):
         """Per-class level ids from `data.taxonomy` ('auto': taxonomy.json beside the files)."""
-        path = self.config.data.taxonomy
-        if not path:
-            return None
-        if path == "auto":
-            first = pattern.split(",")[0]
-            path = os.path.join(os.path.dirname(first), "taxonomy.json")
-            if not tf.io.gfile.exists(path):
-                return None
-        taxonomy = Taxonomy.load(path)
-        levels = taxonomy.levels()
-        if len(levels) != self.num_classes:
-            raise DataError(f"taxonomy {path} has {len(levels)} classes; expected data.num_classes="
-                            f"{self.num_classes}")
-        return levels
+        taxonomy = load_taxonomy(self.config.data.taxonomy, pattern, self.num_classes)
+        return None if taxonomy is None else taxonomy.levels()
 
     def evaluate(self, model, pattern, **kwargs):
         acc = YT8MMetrics(self.num_classes, top_k=self.config.eval.top_k, taxonomy=self.taxonomy_levels(pattern))
