@@ -10,6 +10,8 @@ gradients; the trainer does that scaling (see `vt_keras.train.loop`).
 """
 import tensorflow as tf
 
+from vt_keras.ops import identity_gather  # noqa: F401  (the single-device `gather`)
+
 
 def _replica_context():
     ctx = tf.distribute.get_replica_context()
@@ -42,12 +44,6 @@ def replica_gather(x, axis=0):
     if ctx is None:
         return x
     return ctx.all_gather(x, axis=axis)
-
-
-def identity_gather(x, axis=0):
-    """The `gather` of a single device: returns `x` unchanged."""
-    del axis
-    return x
 
 
 def local_slice(global_tensor, local_size, axis=0):

@@ -8,7 +8,7 @@ from vt_keras.errors import ConfigError, UserError
 from vt_keras.layers.netvlad import CrossModalNetVLAD, NetVLAD
 from vt_keras.testing import run_layer_test
 
-EPS = 1e-6
+EPS = 1e-12  # NetVLAD's default: the floor of every squared norm
 
 
 def _frames(rng, b=3, t=5, d=3):
@@ -51,9 +51,9 @@ def _vlad_ref(weights, x, centers):
         for j in range(t):
             for c in range(k):
                 v[c] += weights[i, j, c] * (x[i, j].astype(np.float64) - centers[c])
-        v = v / np.sqrt((v ** 2).sum(-1, keepdims=True) + EPS)
+        v = v / np.sqrt(np.maximum((v ** 2).sum(-1, keepdims=True), EPS))
         flat = v.reshape(-1)
-        out.append(flat / np.sqrt((flat ** 2).sum() + EPS))
+        out.append(flat / np.sqrt(np.maximum((flat ** 2).sum(), EPS)))
     return np.stack(out)
 
 

@@ -4,7 +4,7 @@ import numpy as np
 from keras import ops
 
 from vt_keras.errors import ConfigError, UserError
-from vt_keras.layers.pooling import masked_mean
+from vt_keras.ops import masked_mean
 
 
 @keras.saving.register_keras_serializable(package="vt_keras")

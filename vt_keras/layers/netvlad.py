@@ -5,15 +5,7 @@ import keras
 from keras import ops
 
 from vt_keras.errors import ConfigError, UserError
-
-
-def l2_normalize(x, axis=-1, epsilon=1e-6):
-    """`x / sqrt(Σx² + ε)` along `axis`, in x's dtype.
-
-    The ε inside the root keeps an all-zero vector (an empty cluster, an
-    all-padded video) at 0 with a finite gradient instead of NaN.
-    """
-    return x * ops.rsqrt(ops.sum(ops.square(x), axis=axis, keepdims=True) + epsilon)
+from vt_keras.ops import l2_normalize
 
 
 @keras.saving.register_keras_serializable(package="vt_keras")
@@ -31,8 +23,10 @@ class NetVLAD(keras.layers.Layer):
     batch normalisation of the assignment logits. The centres c_k are their
     own weights, separate from the assignment weights w_k. Padded frames get
     assignment 0, so they add nothing to V_k and do not count in batch-norm
-    statistics. Softmax, sums and norms run in float32; every L2 norm has ε
-    inside the root, so an empty cluster gives 0, never NaN.
+    statistics. Softmax, sums and norms run in float32; every L2 norm is
+    `x / sqrt(max(Σx², ε))` (`vt_keras.ops.l2_normalize`, the convention of
+    `tf.math.l2_normalize` and of the YouTube-8M winners' code), so an empty
+    cluster gives exactly 0 with a finite gradient, never NaN.
 
     Args:
         num_clusters: int K.
@@ -40,7 +34,8 @@ class NetVLAD(keras.layers.Layer):
             dense layer (with bias). None returns the normalised K·D vector.
         use_batch_norm: bool, batch norm instead of a bias on the assignment
             logits.
-        epsilon: float ε added under every square root of an L2 norm.
+        epsilon: float ε, the floor of the squared norm in every L2
+            normalisation.
         **kwargs: standard `keras.layers.Layer` arguments.
 
     Call arguments:
@@ -64,7 +59,7 @@ class NetVLAD(keras.layers.Layer):
     """
 
     def __init__(self, num_clusters=64, output_dim=None, use_batch_norm=True,
-                 epsilon=1e-6, **kwargs):
+                 epsilon=1e-12, **kwargs):
         super().__init__(**kwargs)
         if int(num_clusters) < 1:
             raise ConfigError(f"NetVLAD num_clusters must be >= 1, got {num_clusters}")
@@ -215,7 +210,8 @@ class CrossModalNetVLAD(keras.layers.Layer):
         output_dim: optional int size of a final dense projection.
         use_batch_norm: bool, batch norm instead of a bias on each modality's
             assignment logits.
-        epsilon: float ε under every L2 norm's square root.
+        epsilon: float ε, the floor of the squared norm in every L2
+            normalisation (see `NetVLAD`).
         **kwargs: standard `keras.layers.Layer` arguments.
 
     Call arguments:
@@ -240,7 +236,7 @@ class CrossModalNetVLAD(keras.layers.Layer):
     """
 
     def __init__(self, video_clusters=128, audio_clusters=64, transform_units=None,
-                 output_dim=None, use_batch_norm=True, epsilon=1e-6, **kwargs):
+                 output_dim=None, use_batch_norm=True, epsilon=1e-12, **kwargs):
         super().__init__(**kwargs)
         if output_dim is not None and int(output_dim) < 1:
             raise ConfigError(

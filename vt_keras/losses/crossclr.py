@@ -33,13 +33,8 @@ import math
 from keras import ops
 
 from vt_keras.errors import ConfigError
-from vt_keras.losses.contrastive import (
-    as_float,
-    check_pair,
-    contrastive_terms,
-    diagonal_mask,
-    l2_normalize,
-)
+from vt_keras.losses.contrastive import as_float, check_pair, contrastive_terms, diagonal_mask
+from vt_keras.ops import identity_gather, l2_normalize
 
 # Hyper-parameters of the supplement's Table 1 and Section 3.1; `queue_size`
 # applies to the local (clip/sentence) loss only, the global loss has none.
@@ -100,7 +95,7 @@ def crossclr_loss(video_emb, text_emb, video_features, text_features, temperatur
     options = crossclr_options(temperature, weight_temperature, intra_weight, prune_threshold,
                                reference_compat, num_positives, positive_weight)
     inputs = check_inputs("crossclr_loss", video_emb, text_emb, video_features, text_features)
-    gather = gather or (lambda x, axis=0: x)
+    gather = gather or identity_gather
     return crossclr_from_pool([gather(x) for x in inputs], None, options)
 
 

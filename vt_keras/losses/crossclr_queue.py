@@ -22,6 +22,7 @@ from vt_keras.distributed import replica_gather
 from vt_keras.errors import ConfigError, UserError
 from vt_keras.losses.contrastive import unpack
 from vt_keras.losses.crossclr import check_inputs, crossclr_from_pool, crossclr_options
+from vt_keras.ops import identity_gather
 
 INPUT_KEYS = ("video_emb", "text_emb", "video_features", "text_features")
 
@@ -119,7 +120,7 @@ class CrossCLRLoss(keras.losses.Loss, tf.Module):
     def compute(self, video_emb, text_emb, video_features, text_features, gather=None):
         """The loss of one batch; see the class docstring."""
         inputs = check_inputs("CrossCLRLoss", video_emb, text_emb, video_features, text_features)
-        gather = gather or (lambda x, axis=0: x)
+        gather = gather or identity_gather
         batch = [gather(x) for x in inputs]
         if self.queue_size == 0:
             return crossclr_from_pool(batch, None, self._options)

@@ -28,6 +28,7 @@ import keras
 import tensorflow as tf
 
 from vt_keras.errors import ConfigError, UserError
+from vt_keras.ops import l2_normalize
 
 _METRICS = ("negative_cosine", "squared_euclidean")
 
@@ -345,16 +346,11 @@ def pairwise_cost(x, y, metric="negative_cosine"):
     if len(x.shape) != 3 or len(y.shape) != 3 or x.shape[-1] != y.shape[-1]:
         raise UserError(f"pairwise_cost: x and y must be [B, N, d] and [B, M, d], found {x.shape} and {y.shape}.")
     if metric == "negative_cosine":
-        return -keras.ops.matmul(_l2_normalize(x), keras.ops.swapaxes(_l2_normalize(y), 1, 2))
+        return -keras.ops.matmul(l2_normalize(x), keras.ops.swapaxes(l2_normalize(y), 1, 2))
     x_sq = keras.ops.sum(keras.ops.square(x), axis=-1)[:, :, None]
     y_sq = keras.ops.sum(keras.ops.square(y), axis=-1)[:, None, :]
     cross = keras.ops.matmul(x, keras.ops.swapaxes(y, 1, 2))
     return keras.ops.maximum(x_sq + y_sq - 2.0 * cross, 0.0)
-
-
-def _l2_normalize(x, epsilon=1e-12):
-    # rsqrt(max(|x|², ε)) keeps zero rows (padding) finite in value and gradient.
-    return x * keras.ops.rsqrt(keras.ops.maximum(keras.ops.sum(keras.ops.square(x), axis=-1, keepdims=True), epsilon))
 
 
 def soft_dtw_divergence(x, y, gamma=1.0, metric="squared_euclidean", x_lengths=None, y_lengths=None):

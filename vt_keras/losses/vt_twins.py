@@ -24,6 +24,7 @@ import numpy as np
 
 from vt_keras.errors import ConfigError, UserError
 from vt_keras.losses.soft_dtw import soft_dtw
+from vt_keras.ops import l2_normalize
 
 _MAX_PERMUTATIONS = 20000
 
@@ -60,12 +61,6 @@ def _compact(x, mask):
     x = keras.ops.take_along_axis(x, order[:, :, None], axis=1)
     valid = keras.ops.arange(steps)[None, :] < keras.ops.sum(keras.ops.cast(mask, "int32"), axis=1)[:, None]
     return keras.ops.where(valid[:, :, None], x, keras.ops.zeros_like(x))
-
-
-def _l2_normalize(x):
-    # rsqrt(max(|x|², ε)) keeps zeroed padding rows finite in value and gradient.
-    sq = keras.ops.sum(keras.ops.square(x), axis=-1, keepdims=True)
-    return x * keras.ops.rsqrt(keras.ops.maximum(sq, 1e-12))
 
 
 def _shift(x, axis, fill):
@@ -252,8 +247,8 @@ def vt_twins_loss(
     video, text, video_mask, text_mask = _checked(video, text, video_mask, text_mask)
     # Zero padding before normalising: NaN or huge padding must not reach
     # the values or the gradients.
-    video = _compact(_l2_normalize(keras.ops.where(video_mask[:, :, None], video, 0.0)), video_mask)
-    text = _compact(_l2_normalize(keras.ops.where(text_mask[:, :, None], text, 0.0)), text_mask)
+    video = _compact(l2_normalize(keras.ops.where(video_mask[:, :, None], video, 0.0)), video_mask)
+    text = _compact(l2_normalize(keras.ops.where(text_mask[:, :, None], text, 0.0)), text_mask)
     video_lengths = keras.ops.sum(keras.ops.cast(video_mask, "int32"), axis=1)
     text_lengths = keras.ops.sum(keras.ops.cast(text_mask, "int32"), axis=1)
     if augment:
