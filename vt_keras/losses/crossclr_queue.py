@@ -21,7 +21,7 @@ from keras import ops
 from vt_keras.distributed import replica_gather
 from vt_keras.errors import ConfigError, UserError
 from vt_keras.losses.contrastive import unpack
-from vt_keras.losses.crossclr import check_inputs, crossclr_from_pool, crossclr_options
+from vt_keras.losses.crossclr import DEFAULTS, check_inputs, crossclr_from_pool, crossclr_options
 from vt_keras.ops import identity_gather
 
 INPUT_KEYS = ("video_emb", "text_emb", "video_features", "text_features")
@@ -59,9 +59,14 @@ class CrossCLRLoss(keras.losses.Loss, tf.Module):
     >>> value = loss.compute(v_emb, t_emb, v_feat, t_feat)
     """
 
-    def __init__(self, temperature=0.03, weight_temperature=0.0035, intra_weight=0.8,
-                 prune_threshold=0.9, reference_compat=False, queue_size=0, num_positives=0,
-                 positive_weight=0.0, name="crossclr", reduction="sum_over_batch_size", dtype=None):
+    def __init__(self, temperature=DEFAULTS["temperature"],
+                 weight_temperature=DEFAULTS["weight_temperature"],
+                 intra_weight=DEFAULTS["intra_weight"],
+                 prune_threshold=DEFAULTS["prune_threshold"],
+                 reference_compat=DEFAULTS["reference_compat"], queue_size=0,
+                 num_positives=DEFAULTS["num_positives"],
+                 positive_weight=DEFAULTS["positive_weight"], name="crossclr",
+                 reduction="sum_over_batch_size", dtype=None):
         super().__init__(name=name, reduction=reduction, dtype=dtype)
         self._options = crossclr_options(temperature, weight_temperature, intra_weight,
                                          prune_threshold, reference_compat, num_positives,
