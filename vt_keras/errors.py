@@ -24,3 +24,7 @@ class CheckpointError(UserError):
 
 class TrainingDiverged(UserError):
     """The loss became NaN or Inf; the last good checkpoint is kept."""
+
+
+class ShapeError(UserError):
+    """An input whose shape or structure does not fit the layer or loss it is given to."""

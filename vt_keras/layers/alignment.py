@@ -5,7 +5,8 @@ import keras
 from keras import ops
 
 from vt_keras.distributed import num_replicas, replica_gather, replica_id
-from vt_keras.errors import ConfigError, UserError
+from vt_keras.errors import ConfigError
+from vt_keras.layers import checks
 from vt_keras.losses.cka import KERNELS, cka, min_samples
 
 
@@ -110,15 +111,11 @@ class CKAAlignment(keras.layers.Layer):
         self._per_thread = threading.local()
 
     def build(self, input_shape):
-        if not isinstance(input_shape, (list, tuple)) or len(input_shape) != 2:
-            raise UserError(
-                f"CKAAlignment: expected inputs (x_seq, y_seq); got input shape {input_shape}"
-            )
+        if not isinstance(input_shape, (list, tuple)) or len(input_shape) != 2 or not all(
+                isinstance(s, (list, tuple)) for s in input_shape):
+            raise checks.shape_error(self, "inputs", "a pair (x_seq, y_seq)", f"shape {input_shape}")
         for name, shape in zip(("x_seq", "y_seq"), input_shape):
-            if len(shape) not in (2, 3):
-                raise UserError(
-                    f"CKAAlignment: {name} must be [B, T, d] or pooled [B, d]; got shape {tuple(shape)}"
-                )
+            checks.tensor_shape(self, shape, name, (3, 2), known_features=False)
         # Every replica computes the same global value; keep the first's.
         self.last_cka = self.add_weight(
             shape=(),

@@ -9,20 +9,14 @@ import math
 import keras
 from keras import ops
 
-from vt_keras.errors import ConfigError, DataError
-from vt_keras.layers.attention_clusters import _check_positive_int, _correlation_gate, _split_pair
+from vt_keras.errors import ConfigError
+from vt_keras.layers import checks
+from vt_keras.layers.cross_modal import MASK_LOGIT, TRANSFORMS, correlation_gate
 from vt_keras.layers.pooling import FramePooling
 
-_TRANSFORMS = ("conv", "dense")
 _POOLINGS = ("mean", "max", "mean_max")
-_MASK_LOGIT = -1e9  # finite: an all-padded row stays NaN-free
 _MHA_ARGS = ("num_heads", "key_dim", "value_dim", "transform", "transform_kernel_size", "dropout")
 _ENCODER_ARGS = ("num_layers", "num_heads", "key_dim", "intermediate_dim", "dropout", "pooling")
-
-
-def _check_dropout(dropout):
-    if not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
-        raise ConfigError(f"dropout must be a float in [0, 1); got {dropout!r}")
 
 
 def masked_softmax(logits, key_mask):
@@ -34,7 +28,7 @@ def masked_softmax(logits, key_mask):
     """
     if key_mask is not None:
         key_mask = ops.cast(key_mask, "bool")[:, None, None, :]
-        logits = ops.where(key_mask, logits, _MASK_LOGIT)
+        logits = ops.where(key_mask, logits, MASK_LOGIT)
     return ops.softmax(logits, axis=-1)
 
 
@@ -136,11 +130,11 @@ class CrossModalMultiHeadAttention(keras.layers.Layer):
         super().__init__(**kwargs)
         for name, value in (("num_heads", num_heads), ("key_dim", key_dim),
                             ("transform_kernel_size", transform_kernel_size)):
-            _check_positive_int(name, value)
-        _check_positive_int("value_dim", value_dim, allow_none=True)
-        if transform not in _TRANSFORMS:
+            checks.positive_int(name, value)
+        checks.positive_int("value_dim", value_dim, allow_none=True)
+        if transform not in TRANSFORMS:
             raise ConfigError(f"transform must be 'conv' or 'dense'; got {transform!r}")
-        _check_dropout(dropout)
+        checks.dropout_rate(dropout)
         self.num_heads, self.key_dim, self.value_dim = num_heads, key_dim, value_dim
         self.transform, self.transform_kernel_size = transform, transform_kernel_size
         self.dropout = dropout
@@ -157,10 +151,10 @@ class CrossModalMultiHeadAttention(keras.layers.Layer):
         self.probs_dropout = keras.layers.Dropout(dropout, dtype=self.dtype_policy)
 
     def build(self, input_shape):
-        video_shape, audio_shape = _split_pair(input_shape, f"{self.name} inputs")
-        if None not in (video_shape[1], audio_shape[1]) and video_shape[1] != audio_shape[1]:
-            raise DataError(f"{self.name} expects video and audio on one time axis; got "
-                            f"{video_shape[1]} video and {audio_shape[1]} audio frames")
+        video_shape, audio_shape = checks.pair_of_shapes(self, input_shape)
+        checks.frames_shape(self, video_shape, "video")
+        checks.frames_shape(self, audio_shape, "audio")
+        checks.same_time_axis(self, video_shape, audio_shape)
         self.video_heads.build(video_shape)
         self.audio_heads.build(audio_shape)
         for transform in (self.audio_to_video, self.video_to_audio):
@@ -179,14 +173,14 @@ class CrossModalMultiHeadAttention(keras.layers.Layer):
 
     def call(self, inputs, mask=None, correlation=None, return_attention_scores=False,
              training=None):
-        video, audio = _split_pair(inputs, f"{self.name} inputs")
-        video_mask, audio_mask = _split_pair(mask, f"{self.name} mask")
+        video, audio = checks.pair(self, inputs, "inputs")
+        video_mask, audio_mask = checks.pair(self, mask, "mask")
         logits_v, value_v = self.video_heads(video)
         logits_a, value_a = self.audio_heads(audio)
         cross_v = self._cross_term(self.audio_to_video, logits_a, audio_mask)
         cross_a = self._cross_term(self.video_to_audio, logits_v, video_mask)
         if correlation is not None:
-            gate = _correlation_gate(correlation, 4)
+            gate = correlation_gate(correlation, 4)
             cross_v, cross_a = cross_v * gate, cross_a * gate
         probs_v = masked_softmax(logits_v + cross_v, video_mask)
         probs_a = masked_softmax(logits_a + cross_a, audio_mask)
@@ -244,8 +238,8 @@ class _EncoderBase(keras.layers.Layer):
         super().__init__(**kwargs)
         for name, value in (("num_layers", num_layers), ("num_heads", num_heads),
                             ("key_dim", key_dim), ("intermediate_dim", intermediate_dim)):
-            _check_positive_int(name, value)
-        _check_dropout(dropout)
+            checks.positive_int(name, value)
+        checks.dropout_rate(dropout)
         if pooling not in _POOLINGS:
             raise ConfigError(f"pooling must be one of {_POOLINGS}; got {pooling!r}")
         self.num_layers = num_layers
@@ -315,6 +309,7 @@ class TransformerEncoder(_EncoderBase):
         self.probs_dropout = keras.layers.Dropout(dropout, dtype=self.dtype_policy)
 
     def build(self, input_shape):
+        checks.frames_shape(self, input_shape)
         for layer in self.heads + self.blocks:
             layer.build(input_shape)
         self.built = True
@@ -379,7 +374,10 @@ class CrossModalTransformerEncoder(_EncoderBase):
         self.audio_blocks = self._blocks("audio_")
 
     def build(self, input_shape):
-        video_shape, audio_shape = _split_pair(input_shape, f"{self.name} inputs")
+        video_shape, audio_shape = checks.pair_of_shapes(self, input_shape)
+        checks.frames_shape(self, video_shape, "video")
+        checks.frames_shape(self, audio_shape, "audio")
+        checks.same_time_axis(self, video_shape, audio_shape)
         for attention, video_block, audio_block in zip(
                 self.attention_layers, self.video_blocks, self.audio_blocks):
             attention.build((video_shape, audio_shape))
@@ -388,8 +386,8 @@ class CrossModalTransformerEncoder(_EncoderBase):
         self.built = True
 
     def call(self, inputs, mask=None, correlation=None, training=None):
-        video, audio = _split_pair(inputs, f"{self.name} inputs")
-        video_mask, audio_mask = _split_pair(mask, f"{self.name} mask")
+        video, audio = checks.pair(self, inputs, "inputs")
+        video_mask, audio_mask = checks.pair(self, mask, "mask")
         masks = None if video_mask is None and audio_mask is None else (video_mask, audio_mask)
         for attention, video_block, audio_block in zip(
                 self.attention_layers, self.video_blocks, self.audio_blocks):

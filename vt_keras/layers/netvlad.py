@@ -4,7 +4,8 @@ import math
 import keras
 from keras import ops
 
-from vt_keras.errors import ConfigError, UserError
+from vt_keras.errors import ConfigError
+from vt_keras.layers import checks
 from vt_keras.ops import l2_normalize
 
 
@@ -87,12 +88,7 @@ class NetVLAD(keras.layers.Layer):
         )
 
     def build(self, input_shape):
-        if len(input_shape) != 3 or input_shape[-1] is None:
-            raise UserError(
-                f"{self.name}: NetVLAD expects frames [batch, time, features] with a known "
-                f"feature size, got shape {tuple(input_shape)}"
-            )
-        dim = int(input_shape[-1])
+        dim = int(checks.frames_shape(self, input_shape)[-1])
         self.feature_dim = dim
         init = keras.initializers.RandomNormal(stddev=1.0 / math.sqrt(dim))
         self.assignment_dense = keras.layers.Dense(
@@ -275,19 +271,10 @@ class CrossModalNetVLAD(keras.layers.Layer):
         )
 
     def build(self, input_shape):
-        if not isinstance(input_shape, (tuple, list)) or len(input_shape) != 2 or not all(
-            isinstance(s, (tuple, list)) for s in input_shape
-        ):
-            raise UserError(
-                f"{self.name}: CrossModalNetVLAD expects inputs (video, audio), got "
-                f"shape {input_shape}"
-            )
-        video_shape, audio_shape = (tuple(s) for s in input_shape)
-        if None not in (video_shape[1], audio_shape[1]) and video_shape[1] != audio_shape[1]:
-            raise UserError(
-                f"{self.name}: video and audio must share the time axis, got "
-                f"{video_shape[1]} video and {audio_shape[1]} audio frames"
-            )
+        video_shape, audio_shape = checks.pair_of_shapes(self, input_shape)
+        checks.frames_shape(self, video_shape, "video")
+        checks.frames_shape(self, audio_shape, "audio")
+        checks.same_time_axis(self, video_shape, audio_shape)
         self.video_netvlad.build(video_shape)
         self.audio_netvlad.build(audio_shape)
         for layers, in_dim in ((self.audio_to_video, self.audio_clusters),
@@ -307,14 +294,8 @@ class CrossModalNetVLAD(keras.layers.Layer):
         return ops.cast(x, "float32")
 
     def call(self, inputs, mask=None, correlation=None, training=None):
-        video, audio = inputs
-        if mask is None:
-            mask = (None, None)
-        if not isinstance(mask, (tuple, list)) or len(mask) != 2:
-            raise UserError(
-                f"{self.name}: mask must be a (video_mask, audio_mask) pair, got {mask!r}"
-            )
-        video_mask, audio_mask = mask
+        video, audio = checks.pair(self, inputs, "inputs")
+        video_mask, audio_mask = checks.pair(self, mask, "mask")
         alpha_v = self.video_netvlad.soft_assign(video, video_mask, training=training)
         alpha_a = self.audio_netvlad.soft_assign(audio, audio_mask, training=training)
         # F(0) = relu(bias) need not be 0: gate the cross term by frame validity.

@@ -3,6 +3,7 @@ import keras
 from keras import ops
 
 from vt_keras.errors import ConfigError
+from vt_keras.layers import checks
 from vt_keras.ops import masked_mean  # noqa: F401  (also importable from here)
 
 _MODES = ("mean", "max", "mean_max")
@@ -58,6 +59,9 @@ class FramePooling(keras.layers.Layer):
             raise ConfigError(f"FramePooling mode must be one of {_MODES}, got {mode!r}")
         self.mode = mode
         self.supports_masking = True
+
+    def build(self, input_shape):
+        checks.frames_shape(self, input_shape, known_features=False)
 
     def call(self, inputs, mask=None):
         parts = []
