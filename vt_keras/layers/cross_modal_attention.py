@@ -286,9 +286,12 @@ class TransformerEncoder(_EncoderBase):
         inputs: `[B, T, D]` frames.
         mask: optional `[B, T]` bool, False on padded frames.
         training: enables dropout.
+        return_attention_scores: if True, also return each layer's float32
+            attention probabilities `[B, H, T, T]` (queries by keys, before
+            dropout), a tuple of `num_layers`.
 
     Returns:
-        `[B, D]` (`[B, 2D]` for "mean_max").
+        `[B, D]` (`[B, 2D]` for "mean_max"), and the scores if asked for.
 
     Example:
     >>> encoder = TransformerEncoder(num_layers=1, num_heads=2, key_dim=8)
@@ -314,13 +317,16 @@ class TransformerEncoder(_EncoderBase):
             layer.build(input_shape)
         self.built = True
 
-    def call(self, inputs, mask=None, training=None):
-        x = inputs
+    def call(self, inputs, mask=None, training=None, return_attention_scores=False):
+        x, scores = inputs, []
         for heads, block in zip(self.heads, self.blocks):
             logits, value = heads(x)
-            probs = self.probs_dropout(masked_softmax(logits, mask), training=training)
-            x = block(x, heads.combine(probs, value), training=training)
-        return self.pool(x, mask=mask)
+            probs = masked_softmax(logits, mask)
+            scores.append(probs)
+            x = block(x, heads.combine(self.probs_dropout(probs, training=training), value),
+                      training=training)
+        pooled = self.pool(x, mask=mask)
+        return (pooled, tuple(scores)) if return_attention_scores else pooled
 
 
 @keras.saving.register_keras_serializable(package="vt_keras")
@@ -345,9 +351,13 @@ class CrossModalTransformerEncoder(_EncoderBase):
         mask: optional `(video_mask, audio_mask)`, each `[B, T]` bool or None.
         correlation: optional `[B]` or `[B, 1]` gate on the cross-modal terms.
         training: enables dropout.
+        return_attention_scores: if True, also return each layer's float32
+            probabilities `(video [B, H, T, T], audio [B, H, T, T])`, cross-modal
+            term included, a tuple of `num_layers` pairs.
 
     Returns:
-        `[B, Dv + Da]` (`[B, 2Dv + 2Da]` for "mean_max").
+        `[B, Dv + Da]` (`[B, 2Dv + 2Da]` for "mean_max"), and the scores if
+        asked for.
 
     Example:
     >>> encoder = CrossModalTransformerEncoder(num_layers=1, num_heads=2, key_dim=8)
@@ -385,18 +395,23 @@ class CrossModalTransformerEncoder(_EncoderBase):
             audio_block.build(audio_shape)
         self.built = True
 
-    def call(self, inputs, mask=None, correlation=None, training=None):
+    def call(self, inputs, mask=None, correlation=None, training=None,
+             return_attention_scores=False):
         video, audio = checks.pair(self, inputs, "inputs")
         video_mask, audio_mask = checks.pair(self, mask, "mask")
         masks = None if video_mask is None and audio_mask is None else (video_mask, audio_mask)
+        scores = []
         for attention, video_block, audio_block in zip(
                 self.attention_layers, self.video_blocks, self.audio_blocks):
-            attended_v, attended_a = attention((video, audio), mask=masks,
-                                               correlation=correlation, training=training)
+            attended_v, attended_a, probs = attention(
+                (video, audio), mask=masks, correlation=correlation, training=training,
+                return_attention_scores=True)
+            scores.append(probs)
             video = video_block(video, attended_v, training=training)
             audio = audio_block(audio, attended_a, training=training)
         pooled = [self.pool(video, mask=video_mask), self.pool(audio, mask=audio_mask)]
-        return ops.concatenate(pooled, axis=-1)
+        pooled = ops.concatenate(pooled, axis=-1)
+        return (pooled, tuple(scores)) if return_attention_scores else pooled
 
     def get_config(self):
         config = super().get_config()

@@ -43,10 +43,14 @@ class NetVLAD(keras.layers.Layer):
         inputs: float tensor `[B, T, D]`.
         mask: optional bool `[B, T]`, True for real frames.
         training: bool, batch-norm mode.
+        return_assignments: if True, also return the soft assignments.
 
     Returns:
         `[B, K·D]` (or `[B, output_dim]`) in the layer's compute dtype, laid
-        out cluster-major (`[B, K, D]` flattened).
+        out cluster-major (`[B, K, D]` flattened); with
+        `return_assignments=True` also the float32 assignments `[B, K, T]`
+        (0 at padded frames), clusters by time like the attention weights of
+        `AttentionClusters`.
 
     Example:
         >>> vlad = NetVLAD(num_clusters=64)
@@ -139,9 +143,12 @@ class NetVLAD(keras.layers.Layer):
         vlad = ops.cast(vlad, self.compute_dtype)
         return vlad if self.projection is None else self.projection(vlad)
 
-    def call(self, inputs, mask=None, training=None):
+    def call(self, inputs, mask=None, training=None, return_assignments=False):
         weights = self.soft_assign(inputs, mask=mask, training=training)
-        return self.project(self.aggregate(weights, inputs))
+        outputs = self.project(self.aggregate(weights, inputs))
+        if return_assignments:
+            return outputs, ops.transpose(weights, (0, 2, 1))
+        return outputs
 
     def compute_mask(self, inputs, mask=None):
         return None
@@ -151,6 +158,13 @@ class NetVLAD(keras.layers.Layer):
         if dim is None:
             dim = self.num_clusters * input_shape[-1]
         return (input_shape[0], dim)
+
+    def compute_output_spec(self, inputs, mask=None, training=None, return_assignments=False):
+        outputs = keras.KerasTensor(self.compute_output_shape(inputs.shape), self.compute_dtype)
+        if not return_assignments:
+            return outputs
+        batch, steps = inputs.shape[:2]
+        return outputs, keras.KerasTensor((batch, self.num_clusters, steps), "float32")
 
     def get_config(self):
         config = super().get_config()
@@ -215,9 +229,13 @@ class CrossModalNetVLAD(keras.layers.Layer):
         mask: optional tuple `(video_mask [B, T], audio_mask [B, T])`.
         correlation: optional float `[B]` or `[B, 1]` in [0, 1].
         training: bool, batch-norm mode.
+        return_assignments: if True, also return the weights each modality's
+            frames are summed with, `α + g·F(α_other)`, float32
+            `(video [B, Kv, T], audio [B, Ka, T])`.
 
     Returns:
-        `[B, Kv·Dv + Ka·Da]` (or `[B, output_dim]`) in the compute dtype.
+        `[B, Kv·Dv + Ka·Da]` (or `[B, output_dim]`) in the compute dtype (and
+        the weights with `return_assignments=True`).
 
     Example:
         >>> layer = CrossModalNetVLAD(video_clusters=128, audio_clusters=64)
@@ -293,7 +311,7 @@ class CrossModalNetVLAD(keras.layers.Layer):
             x = layer(x)
         return ops.cast(x, "float32")
 
-    def call(self, inputs, mask=None, correlation=None, training=None):
+    def call(self, inputs, mask=None, correlation=None, training=None, return_assignments=False):
         video, audio = checks.pair(self, inputs, "inputs")
         video_mask, audio_mask = checks.pair(self, mask, "mask")
         alpha_v = self.video_netvlad.soft_assign(video, video_mask, training=training)
@@ -314,7 +332,10 @@ class CrossModalNetVLAD(keras.layers.Layer):
             axis=-1,
         )
         pooled = ops.cast(pooled, self.compute_dtype)
-        return pooled if self.projection is None else self.projection(pooled)
+        outputs = pooled if self.projection is None else self.projection(pooled)
+        if return_assignments:
+            return outputs, (ops.transpose(weights_v, (0, 2, 1)), ops.transpose(weights_a, (0, 2, 1)))
+        return outputs
 
     def compute_mask(self, inputs, mask=None):
         return None
@@ -325,6 +346,17 @@ class CrossModalNetVLAD(keras.layers.Layer):
         if dim is None:
             dim = self.video_clusters * video_shape[-1] + self.audio_clusters * audio_shape[-1]
         return (video_shape[0], dim)
+
+    def compute_output_spec(self, inputs, mask=None, correlation=None, training=None,
+                            return_assignments=False):
+        video, audio = checks.pair(self, inputs, "inputs")
+        outputs = keras.KerasTensor(self.compute_output_shape((video.shape, audio.shape)),
+                                    self.compute_dtype)
+        if not return_assignments:
+            return outputs
+        batch, steps = video.shape[:2]
+        return outputs, (keras.KerasTensor((batch, self.video_clusters, steps), "float32"),
+                         keras.KerasTensor((batch, self.audio_clusters, steps), "float32"))
 
     def get_config(self):
         config = super().get_config()
