@@ -1,0 +1,94 @@
+"""The one switch between the backend-neutral library and code tied to one framework.
+
+`vt_keras.layers`, `vt_keras.losses`, `vt_keras.ops` and `vt_keras.distributed`
+are written with `keras.ops` and run on TensorFlow, JAX and PyTorch. The few
+things `keras.ops` does not offer live in this package, one module per
+framework, and are reached only through the functions below:
+
+- the replica context of a `tf.distribute` strategy (one replica elsewhere:
+  JAX and PyTorch users shard with their own tools);
+- the soft-DTW kernels, each with a hand-written backward pass;
+- stateless uniform draws from a seed tensor.
+
+A framework's module is imported on first use, for the running Keras backend
+only: a JAX or PyTorch install need not have TensorFlow.
+"""
+import importlib
+
+import keras
+from keras import ops
+
+_SOFT_DTW_KERNELS = {
+    "tensorflow": "vt_keras.backend.tensorflow_soft_dtw",
+    "jax": "vt_keras.backend.jax_soft_dtw",
+    "torch": "vt_keras.backend.torch_soft_dtw",
+}
+_RANDOM = {
+    "tensorflow": "vt_keras.backend.tensorflow_random",
+    "jax": "vt_keras.backend.jax_random",
+    "torch": "vt_keras.backend.torch_random",
+}
+SUPPORTED = tuple(_SOFT_DTW_KERNELS)
+
+
+def name():
+    """The running Keras backend: "tensorflow", "jax" or "torch"."""
+    return keras.backend.backend()
+
+
+def _module(table, what):
+    backend = name()
+    if backend not in table:
+        raise NotImplementedError(
+            f"vt_keras: {what} runs on the {', '.join(SUPPORTED)} backends; KERAS_BACKEND is {backend!r}")
+    # Lazy: the module imports its framework, which other backends' installs may lack.
+    return importlib.import_module(table[backend])
+
+
+def _tensorflow_replicas():
+    if name() != "tensorflow":
+        return None
+    # Lazy for the same reason; only TensorFlow has a replica context to ask.
+    from vt_keras.backend import tensorflow_replicas
+
+    return tensorflow_replicas
+
+
+def num_replicas():
+    """Replicas in sync in the current `tf.distribute` replica context; 1 elsewhere."""
+    replicas = _tensorflow_replicas()
+    return 1 if replicas is None else replicas.num_replicas()
+
+
+def replica_id():
+    """This replica's index as a scalar int32 tensor; 0 outside a strategy."""
+    replicas = _tensorflow_replicas()
+    return ops.convert_to_tensor(0, "int32") if replicas is None else replicas.replica_id()
+
+
+def all_gather(x, axis=0):
+    """`x` of every replica, concatenated along `axis` in replica order; `x` itself on one replica."""
+    replicas = _tensorflow_replicas()
+    return x if replicas is None else replicas.all_gather(x, axis)
+
+
+def soft_dtw_kernel():
+    """The running backend's soft-DTW kernel module (`soft_dtw`, `soft_dtw_alignment`)."""
+    return _module(_SOFT_DTW_KERNELS, "soft-DTW")
+
+
+def stateless_uniform(shape, seed, dtype="float32"):
+    """Uniform [0, 1) draws that are a pure function of `seed` (int32 `[2]`).
+
+    Unlike `keras.random` with a `SeedGenerator`, no state variable changes,
+    so replicas and resumed runs can derive their draws from a step counter.
+    """
+    return _module(_RANDOM, "stateless random draws").stateless_uniform(shape, seed, dtype)
+
+
+def counter_dtype():
+    """The integer dtype of step-like counters: int64 where available (TensorFlow, PyTorch).
+
+    JAX has 64-bit integers only with `jax_enable_x64`, so counters are int32 there.
+    """
+    return "int32" if name() == "jax" else "int64"

@@ -1,0 +1,29 @@
+"""The replica context of a `tf.distribute` strategy, for `vt_keras.backend`."""
+import tensorflow as tf
+
+
+def _context():
+    ctx = tf.distribute.get_replica_context()
+    if ctx is None or ctx.num_replicas_in_sync <= 1:
+        return None
+    return ctx
+
+
+def num_replicas():
+    """Replicas in sync in the current replica context (1 outside one)."""
+    ctx = tf.distribute.get_replica_context()
+    return 1 if ctx is None else ctx.num_replicas_in_sync
+
+
+def replica_id():
+    """This replica's index as a scalar int32 tensor (0 outside a strategy)."""
+    ctx = tf.distribute.get_replica_context()
+    if ctx is None:
+        return tf.constant(0, tf.int32)
+    return tf.cast(ctx.replica_id_in_sync_group, tf.int32)
+
+
+def all_gather(x, axis=0):
+    """Concatenates `x` over the replicas along `axis`; `x` on one replica."""
+    ctx = _context()
+    return x if ctx is None else ctx.all_gather(x, axis=axis)
