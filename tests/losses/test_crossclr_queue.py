@@ -111,13 +111,13 @@ def test_checkpoint_saves_and_restores_the_queue(rng, tmp_path, build_before_res
     loss = CrossCLRLoss(queue_size=5)
     for data in batches[:3]:
         loss.compute(*data)
-    path = tf.train.Checkpoint(loss=loss).save(str(tmp_path / "ckpt"))
+    path = tf.train.Checkpoint(queue=loss.queue).save(str(tmp_path / "ckpt"))
 
     restored = CrossCLRLoss(queue_size=5)
     if build_before_restore:
         restored.build(*WIDTHS)
         restored.compute(*batches[3])  # state that the restore must overwrite
-    tf.train.Checkpoint(loss=restored).restore(path).assert_existing_objects_matched()
+    tf.train.Checkpoint(queue=restored.queue).restore(path).assert_existing_objects_matched()
     restored.build(*WIDTHS)  # a deferred restore fills the variables when created
     for a, b in zip(loss.queues, restored.queues):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
