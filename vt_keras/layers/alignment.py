@@ -47,8 +47,8 @@ class CKAAlignment(keras.layers.Layer):
     `model.losses` would hold every replica's term: there, call the layer
     with `return_loss=True`, which returns the term instead of adding it,
     and add it to the replica's loss yourself (it is a global scalar: divide
-    it by the number of replicas, as `vt_keras.train.StepContext.global_scalar`
-    does). Without `return_loss`, a multi-replica call raises `UserError`.
+    it by the number of replicas, as `vt_keras.train.task.StepContext`'s
+    `global_scalar` does). Without `return_loss`, a multi-replica call raises `UserError`.
 
     Tracked values: the metric `cka` (a `keras.metrics.Mean`, shown by `fit`;
     batches with fewer valid rows than the estimator needs are not counted)

@@ -6,6 +6,12 @@ frames (or of recurrent hidden states), whose weighted sums are concatenated.
 `CrossModalAttentionClusters` is the cross-modal attention RNN of Goyal et al.
 (2020) in that multi-modal cluster form: each modality's attention weights are
 increased by a learned ReLU transform, along time, of the other modality's.
+
+These are the layers of the configs' `rnn` aggregator. Despite the name, no
+recurrent layer runs by default (`encoder=None`): Goyal et al.'s "attention
+RNN" experiments use the attention-cluster form of Long et al. (their §2),
+which attends over the frames themselves; `encoder="gru"` or `"lstm"` adds
+the recurrent encoder.
 """
 import keras
 from keras import ops
@@ -38,7 +44,9 @@ class AttentionClusters(keras.layers.Layer):
     as they are (`encoder=None`) or first run through a GRU or LSTM that
     returns its hidden states. The shifting operation of Long et al. (a
     learned scale and bias, then L2 normalisation of each `v_k`) is not used,
-    following Goyal et al.
+    following Goyal et al. This is the `rnn` aggregator of the configs: with
+    the default `encoder=None` it runs no recurrent layer, as in the paper's
+    attention-cluster experiments.
 
     Args:
         num_clusters: K, the number of attention units.
@@ -170,7 +178,9 @@ class CrossModalAttentionClusters(keras.layers.Layer):
     1 + the mass of F's output. With `g = 0` the layer is two independent
     `AttentionClusters`. The paper's model uses the multi-modal cluster form of
     Long et al. without its shifting operation, which is what this layer does.
-    Video and audio must share the time axis (the same T).
+    Video and audio must share the time axis (the same T). This is the
+    cross-modal `rnn` aggregator of the configs (`rnn_cm_*`); by default it
+    runs no recurrent layer (`encoder=None`), as in the paper.
 
     Args:
         video_clusters: Kv, attention units for video.
