@@ -8,7 +8,8 @@ framework, and are reached only through the functions below:
 - the replica context of a `tf.distribute` strategy (one replica elsewhere:
   JAX and PyTorch users shard with their own tools);
 - the soft-DTW kernels, each with a hand-written backward pass;
-- stateless uniform draws from a seed tensor.
+- stateless uniform draws from a seed tensor;
+- the value and gradient of a function, for tests and tools.
 
 A framework's module is imported on first use, for the running Keras backend
 only: a JAX or PyTorch install need not have TensorFlow.
@@ -23,10 +24,10 @@ _SOFT_DTW_KERNELS = {
     "jax": "vt_keras.backend.jax_soft_dtw",
     "torch": "vt_keras.backend.torch_soft_dtw",
 }
-_RANDOM = {
-    "tensorflow": "vt_keras.backend.tensorflow_random",
-    "jax": "vt_keras.backend.jax_random",
-    "torch": "vt_keras.backend.torch_random",
+_BACKENDS = {
+    "tensorflow": "vt_keras.backend.tensorflow_backend",
+    "jax": "vt_keras.backend.jax_backend",
+    "torch": "vt_keras.backend.torch_backend",
 }
 SUPPORTED = tuple(_SOFT_DTW_KERNELS)
 
@@ -46,12 +47,8 @@ def _module(table, what):
 
 
 def _tensorflow_replicas():
-    if name() != "tensorflow":
-        return None
-    # Lazy for the same reason; only TensorFlow has a replica context to ask.
-    from vt_keras.backend import tensorflow_replicas
-
-    return tensorflow_replicas
+    # Only TensorFlow has a replica context to ask.
+    return _module(_BACKENDS, "replicas") if name() == "tensorflow" else None
 
 
 def num_replicas():
@@ -83,7 +80,7 @@ def stateless_uniform(shape, seed, dtype="float32"):
     Unlike `keras.random` with a `SeedGenerator`, no state variable changes,
     so replicas and resumed runs can derive their draws from a step counter.
     """
-    return _module(_RANDOM, "stateless random draws").stateless_uniform(shape, seed, dtype)
+    return _module(_BACKENDS, "stateless random draws").stateless_uniform(shape, seed, dtype)
 
 
 def counter_dtype():
@@ -92,3 +89,16 @@ def counter_dtype():
     JAX has 64-bit integers only with `jax_enable_x64`, so counters are int32 there.
     """
     return "int32" if name() == "jax" else "int64"
+
+
+def value_and_grad(fn, args):
+    """`fn(*args)` and its gradients with respect to every argument, with the backend's autodiff.
+
+    Args:
+        fn: a function of tensors returning a scalar.
+        args: a list of float arrays.
+
+    Returns:
+        `(value, [gradient per argument])`, backend tensors.
+    """
+    return _module(_BACKENDS, "value_and_grad").value_and_grad(fn, list(args))

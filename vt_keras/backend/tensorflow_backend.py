@@ -1,4 +1,4 @@
-"""The replica context of a `tf.distribute` strategy, for `vt_keras.backend`."""
+"""TensorFlow's part of `vt_keras.backend`: the `tf.distribute` replica context, stateless draws, gradients."""
 import tensorflow as tf
 
 
@@ -27,3 +27,15 @@ def all_gather(x, axis=0):
     """Concatenates `x` over the replicas along `axis`; `x` on one replica."""
     ctx = _context()
     return x if ctx is None else ctx.all_gather(x, axis=axis)
+
+
+def stateless_uniform(shape, seed, dtype="float32"):
+    return tf.random.stateless_uniform(shape, seed=tf.cast(seed, tf.int32), dtype=dtype)
+
+
+def value_and_grad(fn, args):
+    args = [tf.convert_to_tensor(a) for a in args]
+    with tf.GradientTape() as tape:
+        tape.watch(args)
+        value = fn(*args)
+    return value, tape.gradient(value, args)
