@@ -95,7 +95,8 @@ def value_and_grad(fn, args):
     """`fn(*args)` and its gradients with respect to every argument, with the backend's autodiff.
 
     Args:
-        fn: a function of tensors returning a scalar.
+        fn: a function of tensors returning a scalar; pure (no variable
+            updates) on JAX, where it is compiled with `jax.jit`.
         args: a list of float arrays.
 
     Returns:

@@ -9,6 +9,8 @@ def stateless_uniform(shape, seed, dtype="float32"):
 
 
 def value_and_grad(fn, args):
+    # Compiled: op-by-op JAX compiles every primitive it meets on first use, which
+    # costs seconds per small function. `fn` must then be pure (no variable updates).
     args = [jnp.asarray(a) for a in args]
-    value, grads = jax.value_and_grad(lambda *a: fn(*a), argnums=tuple(range(len(args))))(*args)
+    value, grads = jax.jit(jax.value_and_grad(fn, argnums=tuple(range(len(args)))))(*args)
     return value, list(grads)

@@ -45,9 +45,9 @@ def _read_cost(view, t, n):
     return lax.dynamic_slice(view, (t // w, t % w, 0), (n, 1, view.shape[2]))[:, 0]
 
 
-def _new_store(n, m, batch, dtype):
+def _new_store(n, m, batch, dtype, fill=0.0):
     """A `[M − 1, L, B]` buffer: the transposed fold, anti-diagonal `t` contiguous."""
-    return jnp.zeros((m - 1, _rows_needed(n, m), batch), dtype)
+    return jnp.full((m - 1, _rows_needed(n, m), batch), fill, dtype)
 
 
 def _read_diag(store, t, n):
@@ -115,7 +115,9 @@ def _forward(cost, n_len, m_len, gamma, band):
         return r_prev1, r, _write_diag(r_store, t, n, r, valid)
 
     boundary = jnp.full((n, batch), jnp.inf, dtype)
-    _, _, r_store = lax.fori_loop(0, n + m - 1, body, (boundary, boundary, _new_store(n, m, batch, dtype)))
+    # Cells outside the band are never written: +inf, the value of a pair without a path.
+    r_store = _new_store(n, m, batch, dtype, fill=jnp.inf)
+    _, _, r_store = lax.fori_loop(0, n + m - 1, body, (boundary, boundary, r_store))
     # Pair b's value is cell (n_b − 1, m_b − 1): anti-diagonal t, row n_b − 1.
     t = n_len + m_len - 2
     w = m - 1

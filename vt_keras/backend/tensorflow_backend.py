@@ -38,4 +38,6 @@ def value_and_grad(fn, args):
     with tf.GradientTape() as tape:
         tape.watch(args)
         value = fn(*args)
-    return value, tape.gradient(value, args)
+    # An argument the value does not depend on gets zeros, as on the other backends.
+    grads = tape.gradient(value, args, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    return value, grads

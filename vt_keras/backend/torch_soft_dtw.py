@@ -57,9 +57,9 @@ def _read_cost(view, t, n):
     return view[t // w: t // w + n, t % w]
 
 
-def _new_store(n, m, batch, like):
+def _new_store(n, m, batch, like, fill=0.0):
     """A `[M − 1, L, B]` buffer, the transposed fold: anti-diagonal `t` is contiguous."""
-    return torch.zeros((m - 1, _rows_needed(n, m), batch), dtype=like.dtype, device=like.device)
+    return torch.full((m - 1, _rows_needed(n, m), batch), fill, dtype=like.dtype, device=like.device)
 
 
 def _diag(store, t, n):
@@ -111,7 +111,8 @@ def _forward(cost, n_len, m_len, gamma, band):
     inv_gamma = 1.0 / gamma
     rows = torch.arange(n, device=cost.device)[:, None]
     deltas = _cost_view(cost)
-    r_store = _new_store(n, m, batch, cost)
+    # Cells outside the band are never written: +inf, the value of a pair without a path.
+    r_store = _new_store(n, m, batch, cost, fill=inf)
     r_prev2 = r_prev1 = torch.full((n, batch), inf, dtype=cost.dtype, device=cost.device)
     for t in range(n + m - 1):
         # r_{0, 0} = 0 is the diagonal predecessor of the first cell only.

@@ -154,7 +154,7 @@ class CKAAlignment(keras.layers.Layer):
         loss = -self.weight * value
         counted = ops.cast(ops.sum(valid) >= min_samples(self.debiased), "float32")
         self.cka_tracker.update_state(value, sample_weight=counted)
-        self.last_cka.assign(ops.where(counted > 0, value, self.last_cka))
+        self.last_cka.assign(ops.where(counted > 0, value, self.last_cka.value))
         if return_loss:
             return x_seq, y_seq, loss
         if num_replicas() > 1:

@@ -95,15 +95,19 @@ class CrossCLRQueue(keras.layers.Layer):
         dtype = counter_dtype()
         filled = ops.arange(self.size, dtype=dtype) < self.count.value
         memory = [ops.stop_gradient(ops.convert_to_tensor(q.value)) for q in self.queues] + [filled]
-        count = ops.cast(ops.shape(rows[0])[0], dtype)
+        # A static batch size stays a Python int (JAX needs static slice sizes);
+        # TensorFlow also takes a dynamic one.
+        count = rows[0].shape[0]
+        if count is None:
+            count = ops.shape(rows[0])[0]
         # Rows beyond the capacity would overwrite each other: keep the last ones.
-        kept = ops.minimum(count, self.size)
+        kept = min(count, self.size) if isinstance(count, int) else ops.minimum(count, self.size)
         skipped = count - kept
-        slots = (self.pointer.value + skipped + ops.arange(kept, dtype=dtype)) % self.size
+        slots = (self.pointer.value + ops.cast(skipped, dtype) + ops.arange(kept, dtype=dtype)) % self.size
         for queue, new in zip(self.queues, rows):
             queue.assign(ops.scatter_update(queue.value, slots[:, None], new[skipped:]))
-        self.pointer.assign((self.pointer.value + count) % self.size)
-        self.count.assign(ops.minimum(self.count.value + count, self.size))
+        self.pointer.assign((self.pointer.value + ops.cast(count, dtype)) % self.size)
+        self.count.assign(ops.minimum(self.count.value + ops.cast(count, dtype), self.size))
         return memory
 
     def reset(self):
@@ -217,6 +221,34 @@ class CrossCLRLoss(keras.losses.Loss):
         if self.queue is None:
             return crossclr_from_pool(batch, None, self.options)
         return crossclr_from_pool(batch, self.queue(batch), self.options)
+
+    def stateless_compute(self, queue_state, video_emb, text_emb, video_features, text_features,
+                          gather=None):
+        """`compute` as a pure function of the queue's state, for `jax.jit`-style steps.
+
+        Args:
+            queue_state: the values of `loss.queue.non_trainable_variables`
+                (build the loss first); ignored without a queue.
+            video_emb, text_emb, video_features, text_features, gather: as
+                for `compute`.
+
+        Returns:
+            `(loss, new_queue_state)`; the queue's variables are not changed.
+
+        Example:
+        >>> state = [v.value for v in loss.queue.non_trainable_variables]
+        >>> value, state = loss.stateless_compute(state, v_emb, t_emb, v_feat, t_feat)
+        """
+        inputs = check_inputs("CrossCLRLoss", video_emb, text_emb, video_features, text_features)
+        gather = gather or identity_gather
+        batch = [gather(x) for x in inputs]
+        if self.queue is None:
+            return crossclr_from_pool(batch, None, self.options), queue_state
+        if not self.queue.built:
+            raise UserError("CrossCLRLoss.stateless_compute: build the loss first (loss.build(...)), so "
+                            "that loss.queue.non_trainable_variables exist")
+        memory, queue_state = self.queue.stateless_call([], queue_state, batch)
+        return crossclr_from_pool(batch, memory, self.options), queue_state
 
     def call(self, y_true, y_pred):
         del y_true
