@@ -25,6 +25,11 @@ EXTRAS = {
         "scipy>=1.11,<2",
         "tensorflow-serving-api==2.21.0",
     ],
+    # The other Keras backends of vt_keras.layers and vt_keras.losses (versions tested
+    # here). On Linux, PyPI's torch wheel is the CUDA build (several GB): for the CPU
+    # build add --extra-index-url https://download.pytorch.org/whl/cpu (README).
+    "jax": ["jax==0.10.2", "jaxlib==0.10.2"],
+    "torch": ["torch==2.13.0"],
     # Peers that bench/ measures against; never imported by the library.
     "bench": [
         "soft-dtw==0.1.6",

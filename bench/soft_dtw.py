@@ -1,15 +1,29 @@
-"""Soft-DTW forward + backward speed and memory against the CPU reference implementations.
+"""Soft-DTW forward + backward speed and memory: our kernel on each backend against the CPU references.
 
     python bench/soft_dtw.py --json=soft_dtw.json            # full run, several minutes
     python bench/soft_dtw.py --quick --json=/tmp/quick.json  # fewer repeats, smaller scaling
 
-Measures (float32 for vt_keras; the references compute in float64 whatever
-they are given):
+Implementations (float32 for vt_keras; the references compute in float64
+whatever they are given): our kernel on TensorFlow (through
+`vt_keras.losses.soft_dtw`), on JAX and on PyTorch (their kernel modules in
+`vt_keras.backend`, called directly so that all run in one process: the
+public function adds only argument checks), the Cython `soft-dtw` package
+(`sdtw.SoftDTW`, Blondel) and tslearn's numba `SoftDTW`. What is not
+installed is reported and left out. The peers install with
+
+    pip install numpy cython && pip install --no-build-isolation soft-dtw==0.1.6
+    pip install tslearn==0.10.0
+
+(`soft-dtw` 0.1.6's setup.py runs `pip install numpy cython` itself, which
+fails inside pip's build isolation: install those first and build without
+it), or `pip install -e '.[bench]' --no-build-isolation` after numpy and
+cython.
+
+Measures:
 
 1. The headline: 64 pairs of 300 × 300 at γ = 0.1, value and gradient w.r.t.
-   the cost, against the Cython `soft-dtw` package (`sdtw.SoftDTW`, Blondel)
-   and tslearn's numba `SoftDTW`, one pair at a time as they work. The three
-   are timed in alternation, so load from other processes hits them alike.
+   the cost; the peers work one pair at a time. All implementations are
+   timed in alternation, so load from other processes hits them alike.
 2. The VT-TWINS shape: all 4,096 pairs of a batch of 64 at 17 × 17.
 3. Scaling with N = M = 100, 300, 1000 (64, 64 and 8 pairs): time and peak
    resident memory, each configuration in a fresh process.
@@ -20,6 +34,7 @@ Wall time is the measure; CPU time (all threads of the process) is printed
 beside it because this machine is shared. Benchmarks never assert.
 """
 import argparse
+import functools
 import json
 import os
 import platform
@@ -44,6 +59,10 @@ def _vt_keras_step(device=None):
     import tensorflow as tf
 
     sys.path.insert(0, REPO)
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        raise ImportError(f"KERAS_BACKEND is {keras.backend.backend()!r}; the TensorFlow row needs tensorflow")
     from vt_keras.losses.soft_dtw import soft_dtw
 
     def step(cost, gamma):
@@ -54,6 +73,43 @@ def _vt_keras_step(device=None):
                 values = soft_dtw(cost, gamma)
             grads = tape.gradient(values, cost)
         return values.numpy(), grads.numpy()
+
+    return step
+
+
+def _jax_step():
+    import jax
+    import jax.numpy as jnp
+
+    sys.path.insert(0, REPO)
+    from vt_keras.backend import jax_soft_dtw
+
+    @functools.lru_cache(maxsize=None)
+    def compiled(gamma):
+        def value_and_alignment(cost):
+            values, pullback = jax.vjp(lambda c: jax_soft_dtw.soft_dtw(c, None, None, gamma, None), cost)
+            return values, pullback(jnp.ones_like(values))[0]
+
+        return jax.jit(value_and_alignment)
+
+    def step(cost, gamma):
+        values, grads = compiled(gamma)(jnp.asarray(cost))
+        return np.asarray(values), np.asarray(grads)
+
+    return step
+
+
+def _torch_step():
+    import torch
+
+    sys.path.insert(0, REPO)
+    from vt_keras.backend import torch_soft_dtw
+
+    def step(cost, gamma):
+        cost = torch.from_numpy(cost).requires_grad_(True)
+        values = torch_soft_dtw.soft_dtw(cost, None, None, gamma, None)
+        values.backward(torch.ones_like(values))
+        return values.detach().numpy(), cost.grad.numpy()
 
     return step
 
@@ -96,7 +152,9 @@ def _tslearn_step():
     return step
 
 
-STEPS = {"vt_keras": _vt_keras_step, "soft-dtw (Cython)": _cython_step, "tslearn (numba)": _tslearn_step}
+STEPS = {"vt_keras tensorflow": _vt_keras_step, "vt_keras jax": _jax_step, "vt_keras torch": _torch_step,
+         "soft-dtw (Cython)": _cython_step, "tslearn (numba)": _tslearn_step}
+OURS = ("vt_keras tensorflow", "vt_keras jax", "vt_keras torch")
 
 
 def _available():
@@ -137,13 +195,24 @@ def _stats(runs):
 
 
 def check_agreement(steps, cost, gamma):
-    """Largest difference of values and gradients from the first reference (sanity, not a test)."""
+    """Largest difference of our values and gradients from the first reference (sanity, not a test)."""
     results = {name: step(cost, gamma) for name, step in steps.items()}
-    ref = next(v for k, v in results.items() if k != "vt_keras") if len(results) > 1 else None
+    ref = next((v for k, v in results.items() if k not in OURS), None)
     if ref is None:
         return {}
-    ours = results["vt_keras"]
-    return {"value_max_abs_diff": float(np.abs(ours[0] - ref[0]).max()), "grad_max_abs_diff": float(np.abs(ours[1] - ref[1]).max())}
+    return {name: {"value_max_abs_diff": float(np.abs(results[name][0] - ref[0]).max()),
+                   "grad_max_abs_diff": float(np.abs(results[name][1] - ref[1]).max())}
+            for name in OURS if name in results}
+
+
+def _versions():
+    out = {}
+    for module in ("jax", "torch", "sdtw", "tslearn"):
+        try:
+            out[module] = getattr(__import__(module), "__version__", "installed")
+        except ImportError:
+            out[module] = None
+    return out
 
 
 def _status_kb(key):
@@ -171,7 +240,7 @@ def _peak_rss():
 def scaling_child(name, pairs, n, gamma, repeats, device):
     """Runs in a fresh process: time and peak RSS growth of one implementation."""
     cost = _costs(pairs, n, n)
-    step = _vt_keras_step(device) if name == "vt_keras" else STEPS[name]()
+    step = _vt_keras_step(device) if name == "vt_keras tensorflow" else STEPS[name]()
     base = _reset_peak_rss()
     step(cost, gamma)
     runs = [_time(step, cost, gamma) for _ in range(repeats)]
@@ -208,13 +277,16 @@ def _print_table(title, stats, reference_names):
     for name, s in stats.items():
         print(f"  {name:<20} {s['wall_min_s']:9.3f} {s['wall_median_s']:9.3f} {s['cpu_min_s']:9.3f} {s['runs']:5d}")
     refs = [stats[r] for r in reference_names if r in stats]
-    if refs and "vt_keras" in stats:
-        best = min(r["wall_min_s"] for r in refs)
-        best_median = min(r["wall_median_s"] for r in refs)
-        best_cpu = min(r["cpu_min_s"] for r in refs)
-        print(f"  speed-up over the fastest reference: {best / stats['vt_keras']['wall_min_s']:.1f}x (wall min), "
-              f"{best_median / stats['vt_keras']['wall_median_s']:.1f}x (wall median), "
-              f"{best_cpu / stats['vt_keras']['cpu_min_s']:.1f}x (cpu)")
+    if not refs:
+        return
+    best = min(r["wall_min_s"] for r in refs)
+    best_median = min(r["wall_median_s"] for r in refs)
+    best_cpu = min(r["cpu_min_s"] for r in refs)
+    for name in OURS:
+        if name in stats:
+            print(f"  {name}: {best / stats[name]['wall_min_s']:.1f}x the fastest reference (wall min), "
+                  f"{best_median / stats[name]['wall_median_s']:.1f}x (wall median), "
+                  f"{best_cpu / stats[name]['cpu_min_s']:.1f}x (cpu)")
 
 
 def main():
@@ -235,9 +307,9 @@ def main():
     import tensorflow as tf
 
     report = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "load_avg_start": os.getloadavg(),
-                          "tensorflow": tf.__version__}}
+                          "tensorflow": tf.__version__, "versions": _versions()}}
     steps = _available()
-    refs = [k for k in steps if k != "vt_keras"]
+    refs = [k for k in steps if k not in OURS]
 
     cost = _costs(64, 300, 300)
     report["agreement_64x300x300"] = check_agreement(steps, cost[:4], 0.1)
@@ -255,7 +327,7 @@ def main():
     if tf.config.list_physical_devices("GPU"):
         print(f"\nGPU: {tf.config.list_physical_devices('GPU')[0].name}")
         gpu_sizes = [(300, 64), (CUDA_ANCHOR["n"], CUDA_ANCHOR["pairs"]), (1000, 64)]
-        report["gpu"] = scaling(["vt_keras"], gpu_sizes, 0.1, repeats, device="/GPU:0")
+        report["gpu"] = scaling(["vt_keras tensorflow"], gpu_sizes, 0.1, repeats, device="/GPU:0")
         anchor = [r for r in report["gpu"] if r["n"] == CUDA_ANCHOR["n"]]
         if anchor:
             print(f"  512 x 256 x 256: {anchor[0]['wall_min_s'] * 1e3:.1f} ms here vs "

@@ -28,3 +28,7 @@ class TrainingDiverged(UserError):
 
 class TrainingInterrupted(UserError):
     """Training stopped before its last step (SIGTERM, a lost worker); a checkpoint is kept to resume from."""
+
+
+class ShapeError(UserError):
+    """An input whose shape or structure does not fit the layer or loss it is given to."""

@@ -306,9 +306,11 @@ def run_layer_test(
             `time_axis`, and require the same outputs to `masking_atol`.
         expect_all_weights_trained: with `run_training`, require every
             trainable weight to change (else at least one).
-        train_eagerly: run the fit step eagerly (several times faster for
-            tiny models; the symbolic call already traces the layer). Pass
-            False to trace the training step in a `tf.function` as well.
+        train_eagerly: run the fit step eagerly (on TensorFlow several times
+            faster for tiny models; the symbolic call already traces the
+            layer). Pass False to compile the training step as well; on JAX,
+            whose eager mode compiles every operation it meets, that is the
+            faster choice.
         num_padding_frames: frames appended in the masking check.
         time_axis: axis of the input arrays that the mask covers.
         atol: absolute tolerance of the exact-equality checks.

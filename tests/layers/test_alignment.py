@@ -222,10 +222,6 @@ def test_bad_arguments_are_user_errors(batch):
         CKAAlignment(kernel="cosine")
     with pytest.raises(ConfigError, match=r"num_samples must be None or an integer ≥ 4 .*got 3"):
         CKAAlignment(num_samples=3, debiased=True)
-    with pytest.raises(UserError, match=r"x_seq must be \[B, T, d\] or pooled \[B, d\]"):
-        CKAAlignment()((x[..., None], y))
-    with pytest.raises(UserError, match="expected inputs"):
-        CKAAlignment()(x)
 
 
 # --- two replicas: the global batch
@@ -244,11 +240,10 @@ def _two_replica_run(strategy, layer, arrays):
         def replica(xs, ys, xm, ym):
             with tf.GradientTape() as tape:
                 tape.watch([xs, ys])
-                layer((xs, ys), mask=(xm, ym))
-                terms = layer.losses
+                _, _, term = layer((xs, ys), mask=(xm, ym), return_loss=True)
                 # The trainer's scaling: a global scalar counts 1/replicas.
-                loss = tf.add_n(terms) / replicas
-            return tf.add_n(terms), tf.constant(len(terms)), tape.gradient(loss, [xs, ys])
+                loss = term / replicas
+            return term, tf.constant(len(layer.losses)), tape.gradient(loss, [xs, ys])
 
         return strategy.run(replica, args=inputs)
 
@@ -284,7 +279,7 @@ def test_two_replicas_compute_the_single_device_value(logical_cpus, batch, poole
         layer = CKAAlignment(**init)
         layer.build((x.shape, y.shape))
     losses, counts, grads = _two_replica_run(strategy, layer, (x, y, x_mask, y_mask))
-    assert counts == [1, 1], "each replica sees its own loss term only"
+    assert counts == [0, 0], "with return_loss the layer adds no loss"
     assert losses == pytest.approx([float(expected)] * 2, abs=1e-6)
     for got, want in zip(grads, expected_grads):
         np.testing.assert_allclose(got, want, atol=1e-6)
@@ -311,3 +306,42 @@ def test_two_replicas_split_num_samples(logical_cpus, rng):
         expected = np_cka(x.reshape(-1, D1)[used], y.reshape(-1, D2)[used])
         assert losses == pytest.approx([-expected] * 2, abs=1e-6), num_samples
         assert all(np.all(np.isfinite(g)) for g in grads)
+
+
+def test_two_replicas_without_return_loss_is_a_clear_error(logical_cpus, batch):
+    x, y, x_mask, y_mask = batch
+    strategy = mirrored_strategy(logical_cpus)
+    with strategy.scope():
+        layer = CKAAlignment(weight=0.4, name="align")
+        layer.build((x.shape, y.shape))
+    with pytest.raises(UserError, match=r"align \(CKAAlignment\): called by one of 2 replicas without "
+                                        r"return_loss=True"):
+        _two_replica_run(strategy, AddLossMode(layer), (x, y, x_mask, y_mask))
+
+
+class AddLossMode:
+    """Calls the layer the default way (add_loss), whatever the caller asks for."""
+
+    def __init__(self, layer):
+        self.layer, self.losses = layer, []
+
+    def __call__(self, inputs, mask=None, return_loss=False):
+        outputs = self.layer(inputs, mask=mask)
+        return outputs + (tf.add_n(self.layer.losses),)
+
+
+def test_return_loss_gives_the_add_loss_term(batch):
+    x, y, x_mask, y_mask = batch
+    adding = CKAAlignment(weight=0.3, kernel="rbf")
+    returning = CKAAlignment(weight=0.3, kernel="rbf")
+    outputs = adding((x, y), mask=(x_mask, y_mask))
+    x_out, y_out, term = returning((x, y), mask=(x_mask, y_mask), return_loss=True)
+    assert float(term) == pytest.approx(loss_of(adding), abs=1e-7)
+    assert returning.losses == []
+    np.testing.assert_array_equal(np.asarray(x_out), np.asarray(outputs[0]))
+    np.testing.assert_array_equal(np.asarray(y_out), np.asarray(outputs[1]))
+    # In a functional model the term is an output like any other.
+    inputs = [keras.Input((T1, D1)), keras.Input((T2, D2))]
+    model = keras.Model(inputs, CKAAlignment(weight=0.3, kernel="rbf")(tuple(inputs), return_loss=True)[2])
+    assert float(model([x, y])) == pytest.approx(float(CKAAlignment(weight=0.3, kernel="rbf")(
+        (x, y), return_loss=True)[2]), abs=1e-7)

@@ -5,7 +5,7 @@ import tensorflow as tf
 
 import keras
 
-from vt_keras.errors import ConfigError, DataError
+from vt_keras.errors import ConfigError
 from vt_keras.layers.attention_clusters import (
     AttentionClusters,
     CrossModalAttentionClusters,
@@ -258,12 +258,6 @@ def test_cross_modal_mixed_bfloat16(rng):
     assert out.dtype == tf.bfloat16
     assert weights_v.dtype == weights_a.dtype == tf.float32
     np.testing.assert_allclose(np.sum(weights_v.numpy(), -1), 1.0, atol=1e-6)
-
-
-def test_mismatched_time_axes_raise_data_error(rng):
-    layer = CrossModalAttentionClusters(video_clusters=2, audio_clusters=2)
-    with pytest.raises(DataError, match="one time axis; got 6 video and 5 audio frames"):
-        layer((np.zeros((1, 6, 3), "float32"), np.zeros((1, 5, 3), "float32")))
 
 
 def test_bad_cross_modal_arguments_raise_config_error():

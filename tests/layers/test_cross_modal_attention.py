@@ -5,7 +5,7 @@ import tensorflow as tf
 
 import keras
 
-from vt_keras.errors import ConfigError, DataError
+from vt_keras.errors import ConfigError
 from vt_keras.layers.cross_modal_attention import (
     CrossModalMultiHeadAttention,
     CrossModalTransformerEncoder,
@@ -200,15 +200,19 @@ def test_transformer_encoder_matches_numpy(rng):
     encoder = TransformerEncoder(**ENCODER, dropout=0.3, pooling="mean_max")
     x = rng.normal(size=(2, STEPS, 5)).astype("float32")
     mask = _mask([6, 3])
-    out = encoder(x, mask=mask).numpy()
-    h = x.astype(np.float64)
+    out, scores = encoder(x, mask=mask, return_attention_scores=True)
+    h, expected_scores = x.astype(np.float64), []
     for heads, block in zip(encoder.heads, encoder.blocks):
-        attended = _np_attend(heads, h, _np_softmax(_np_logits(heads, h), mask))
-        h = _np_block(block, h, attended)
+        expected_scores.append(_np_softmax(_np_logits(heads, h), mask))
+        h = _np_block(block, h, _np_attend(heads, h, expected_scores[-1]))
     valid = mask[..., None]
     mean = (h * valid).sum(1) / valid.sum(1)
     top = np.where(valid, h, -np.inf).max(1)
-    np.testing.assert_allclose(out, np.concatenate([mean, top], -1), atol=1e-5)
+    np.testing.assert_allclose(out.numpy(), np.concatenate([mean, top], -1), atol=1e-5)
+    np.testing.assert_allclose(encoder(x, mask=mask).numpy(), out.numpy(), atol=1e-6)
+    assert len(scores) == ENCODER["num_layers"]
+    for got, want in zip(scores, expected_scores):
+        np.testing.assert_allclose(got.numpy(), want, atol=1e-5)
 
 
 def test_cross_modal_encoder_zero_correlation_equals_two_encoders(rng):
@@ -225,8 +229,16 @@ def test_cross_modal_encoder_zero_correlation_equals_two_encoders(rng):
             single.blocks[i].set_weights(getattr(cross, f"{name}_blocks")[i].get_weights())
         singles.append(single(x, mask=mask).numpy())
     np.testing.assert_allclose(out.numpy(), np.concatenate(singles, -1), atol=1e-5)
-    gated = cross((video, audio), mask=(mask, mask)).numpy()
-    assert np.max(np.abs(gated - out.numpy())) > 1e-4
+    gated, scores = cross((video, audio), mask=(mask, mask), return_attention_scores=True)
+    assert np.max(np.abs(gated.numpy() - out.numpy())) > 1e-4
+    # Each layer's scores are what its CrossModalMultiHeadAttention computes on that layer's inputs.
+    v, a = video, audio
+    for attention, video_block, audio_block, (probs_v, probs_a) in zip(
+            cross.attention_layers, cross.video_blocks, cross.audio_blocks, scores):
+        out_v, out_a, (want_v, want_a) = attention((v, a), mask=(mask, mask), return_attention_scores=True)
+        np.testing.assert_allclose(probs_v.numpy(), want_v.numpy(), atol=1e-6)
+        np.testing.assert_allclose(probs_a.numpy(), want_a.numpy(), atol=1e-6)
+        v, a = video_block(v, out_v), audio_block(a, out_a)
 
 
 def test_transformer_encoder_contract(rng):
@@ -266,6 +278,3 @@ def test_bad_arguments_raise_clear_errors(rng):
     for cls, kwargs, message in cases:
         with pytest.raises(ConfigError, match=message):
             cls(**kwargs)
-    layer = CrossModalMultiHeadAttention(num_heads=1, key_dim=2)
-    with pytest.raises(DataError, match="one time axis; got 6 video and 5 audio frames"):
-        layer((np.zeros((1, 6, 3), "float32"), np.zeros((1, 5, 3), "float32")))

@@ -1,4 +1,6 @@
 """Tests of the CrossCLR loss function (no queue)."""
+import inspect
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -7,7 +9,8 @@ from tests.losses.crossclr_reference import influence, reference_crossclr
 from tests.losses.replicas import mirrored_loss_and_grads, mirrored_strategy, single_device_loss_and_grads
 from vt_keras.errors import ConfigError, UserError
 from vt_keras.losses.contrastive import info_nce
-from vt_keras.losses.crossclr import crossclr_loss
+from vt_keras.losses.crossclr import DEFAULTS, PRESETS, crossclr_loss
+from vt_keras.losses.crossclr_queue import CrossCLRLoss
 
 # The worked example of the project's reference notes (released-code mode).
 VIDEO = np.array([[1, 0, 0.5], [0, 1, 0.2], [1, 1, 0], [0.3, -0.5, 1]])
@@ -178,3 +181,18 @@ def test_two_replicas_match_one_device(rng, logical_cpus):
     loss, expected_grad = single_device_loss_and_grads(fn, inputs, weights)
     assert losses == pytest.approx([loss, loss], rel=1e-5)
     np.testing.assert_allclose(grad, expected_grad, rtol=1e-4, atol=1e-6)
+
+
+def test_one_source_of_defaults():
+    # The supplement's Table 1 (the project's reference notes, section 7).
+    assert PRESETS["youcook2"] == dict(temperature=0.03, weight_temperature=35e-4, intra_weight=0.8,
+                                       prune_threshold=0.9, queue_size=5000)
+    assert PRESETS["lsmdc"] == dict(temperature=0.03, weight_temperature=55e-4, intra_weight=0.65,
+                                    prune_threshold=0.9, queue_size=3000)
+    # The function and the Loss take their defaults from DEFAULTS, which is YouCook2 without a queue.
+    assert DEFAULTS == dict(temperature=0.03, weight_temperature=35e-4, intra_weight=0.8, prune_threshold=0.9,
+                            reference_compat=False, num_positives=0, positive_weight=0.0)
+    for fn in (crossclr_loss, CrossCLRLoss):
+        params = inspect.signature(fn).parameters
+        assert {k: params[k].default for k in DEFAULTS} == DEFAULTS, fn.__name__
+    assert inspect.signature(CrossCLRLoss).parameters["queue_size"].default == 0

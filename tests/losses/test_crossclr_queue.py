@@ -111,13 +111,13 @@ def test_checkpoint_saves_and_restores_the_queue(rng, tmp_path, build_before_res
     loss = CrossCLRLoss(queue_size=5)
     for data in batches[:3]:
         loss.compute(*data)
-    path = tf.train.Checkpoint(loss=loss).save(str(tmp_path / "ckpt"))
+    path = tf.train.Checkpoint(queue=loss.queue).save(str(tmp_path / "ckpt"))
 
     restored = CrossCLRLoss(queue_size=5)
     if build_before_restore:
         restored.build(*WIDTHS)
         restored.compute(*batches[3])  # state that the restore must overwrite
-    tf.train.Checkpoint(loss=restored).restore(path).assert_existing_objects_matched()
+    tf.train.Checkpoint(queue=restored.queue).restore(path).assert_existing_objects_matched()
     restored.build(*WIDTHS)  # a deferred restore fills the variables when created
     for a, b in zip(loss.queues, restored.queues):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
@@ -216,3 +216,21 @@ def test_fit_updates_the_queue_once_per_step(rng):
     # 6 steps of 4 rows: 24 rows written, building the model wrote none.
     assert int(loss.queue_pointer.numpy()) == 24 % 10
     assert int(loss.queue_count.numpy()) == 10
+
+
+def test_stateless_compute_is_compute_without_side_effects(rng):
+    batches = _batches(rng, 4, 3)
+    stateful = CrossCLRLoss(queue_size=5, temperature=0.1)
+    stateless = CrossCLRLoss(queue_size=5, temperature=0.1)
+    stateless.build(*WIDTHS)
+    state = [v.value for v in stateless.queue.non_trainable_variables]
+    # The wrap-around (4 batches of 3 into 5 slots) is part of the state.
+    for data in batches:
+        value, state = stateless.stateless_compute(state, *data)
+        assert float(value) == pytest.approx(float(stateful.compute(*data)), rel=1e-6)
+    assert int(stateless.queue_count.numpy()) == 0  # the variables never moved
+    stateful_state = {v.path.split("/")[-1]: v.numpy() for v in stateful.queue.non_trainable_variables}
+    for variable, value in zip(stateless.queue.non_trainable_variables, state):
+        np.testing.assert_array_equal(np.asarray(value), stateful_state[variable.path.split("/")[-1]])
+    with pytest.raises(UserError, match="build the loss first"):
+        CrossCLRLoss(queue_size=5).stateless_compute([], *batches[0])

@@ -282,3 +282,30 @@ def test_clear_errors(embeddings):
         vt_twins_loss(video, text, video_mask=np.ones((B, M), bool))
     with pytest.raises(ConfigError, match="gamma and temperature must be > 0"):
         vt_twins_loss(video, text, temperature=0.0)
+
+
+def test_stateless_seed_draws_from_the_softmax_without_state(rng):
+    # Two look-alike pairs: 0 ↔ 1 and 3 ↔ 4 may swap, clip 2 and 5 stay.
+    x = rng.normal(size=(1, 6, D)).astype(np.float32)
+    x[:, 1] = x[:, 0] + 1e-3 * rng.normal(size=(1, D))
+    x /= np.linalg.norm(x, axis=-1, keepdims=True)
+    xs = np.repeat(x, 400, axis=0)  # 400 independent draws in one call
+    lengths = np.full(400, 6)
+    seed = np.array([3, 11], "int32")
+    out = temporal_augment(tf.constant(xs), lengths, seed=seed).numpy()
+    np.testing.assert_array_equal(temporal_augment(tf.constant(xs), lengths, seed=seed).numpy(), out)
+    assert not np.array_equal(temporal_augment(tf.constant(xs), lengths, seed=seed + [0, 1]).numpy(), out)
+    swapped = np.array([np.allclose(o[0], x[0, 1]) for o in out])
+    kept = np.array([np.allclose(o[0], x[0, 0]) for o in out])
+    assert np.all(swapped | kept) and np.allclose(out[:, 2:], x[:, 2:])
+    # The probability of drawing clip 1 first, from the softmax over every local permutation.
+    perms = local_permutations(6)
+    sim = -x[0].astype(np.float64) @ x[0].astype(np.float64).T
+    score = np.array([np.linalg.norm(sim - sim[p][:, p]) for p in perms])
+    probs = np.exp(-50.0 * (score - score.min()))
+    p_swap = probs[perms[:, 0] == 1].sum() / probs.sum()
+    assert 0.2 < p_swap < 0.8  # the test means something
+    # Binomial(400, p): within 4 standard deviations.
+    assert abs(swapped.sum() - 400 * p_swap) <= 4 * np.sqrt(400 * p_swap * (1 - p_swap))
+    loss = vt_twins_loss(tf.constant(xs[:4]), tf.constant(xs[:4]), augment=True, seed=seed)
+    assert np.isfinite(loss.numpy())

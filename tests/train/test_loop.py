@@ -164,3 +164,16 @@ def test_workdir_of_a_different_model_is_refused(tiny_data, tmp_path):
     with pytest.raises(CheckpointError, match=r"different model.*model.hidden_size: checkpoint 16 vs now 32"):
         tasks.train(other, workdir, strategy=strategy, log=quiet)
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == before
+
+
+def test_two_replicas_with_the_cka_term_match_one_device(tiny_data, tmp_path, logical_cpus):
+    # CKAAlignment's -λ·CKA is computed on the gathered global batch by every replica and added
+    # once over them (global_scalar): the same update as one device.
+    config = tiny_config(tiny_data, **SGD, **{"task": "test_ordered", "train.num_steps": 3, "train.checkpoint_every": 0,
+                                              "model.branch_units": 6, "model.cka.weight": 0.5})
+    _, one = tasks.train(config, str(tmp_path / "one"), strategy=tf.distribute.OneDeviceStrategy(logical_cpus[0]),
+                         log=quiet)
+    initial = OrderedYT8M.initial_variables
+    _, two = tasks.train(config, str(tmp_path / "two"), strategy=mirrored_strategy(logical_cpus), log=quiet)
+    assert_same_variables(variables(one), variables(two))
+    assert_moved(one, initial)

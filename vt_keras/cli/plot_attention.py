@@ -50,44 +50,22 @@ def _single_stream(agg_name, layer, x, mask):
     if agg_name == "rnn":
         return np.asarray(layer(x, mask=mask, return_attention=True)[1])
     if agg_name == "netvlad":
-        return np.transpose(np.asarray(layer.soft_assign(x, mask=mask, training=False)), (0, 2, 1))
-    from vt_keras.layers.cross_modal_attention import masked_softmax
-
-    probs = None
-    for heads, block in zip(layer.heads, layer.blocks):
-        logits, value = heads(x)
-        probs = masked_softmax(logits, mask)
-        x = block(x, heads.combine(probs, value), training=False)
-    return _received(probs, mask)
+        return np.asarray(layer(x, mask=mask, training=False, return_assignments=True)[1])
+    _, scores = layer(x, mask=mask, training=False, return_attention_scores=True)
+    return _received(scores[-1], mask)
 
 
 def _cross_stream(agg_name, layer, video, audio, mask, correlation):
     """Weights `([B, Uv, T], [B, Ua, T])` of a cross-modal aggregator."""
-    from keras import ops
-
+    kwargs = dict(mask=(mask, mask), correlation=correlation, training=False)
     if agg_name == "rnn":
-        _, (wv, wa) = layer((video, audio), mask=(mask, mask), correlation=correlation, return_attention=True)
+        _, (wv, wa) = layer((video, audio), return_attention=True, **kwargs)
         return np.asarray(wv), np.asarray(wa)
     if agg_name == "netvlad":
-        alpha_v = layer.video_netvlad.soft_assign(video, mask, training=False)
-        alpha_a = layer.audio_netvlad.soft_assign(audio, mask, training=False)
-        gate = ops.cast(mask, "float32")[..., None]
-        if correlation is not None:
-            gate = gate * ops.reshape(ops.cast(correlation, "float32"), (-1, 1, 1))
-
-        def transform(stack, x):
-            for dense in stack:
-                x = dense(x)
-            return ops.cast(x, "float32")
-
-        wv = alpha_v + gate * transform(layer.audio_to_video, alpha_a)
-        wa = alpha_a + gate * transform(layer.video_to_audio, alpha_v)
-        return np.transpose(np.asarray(wv), (0, 2, 1)), np.transpose(np.asarray(wa), (0, 2, 1))
-    probs_v = probs_a = None
-    for attention, video_block, audio_block in zip(layer.attention_layers, layer.video_blocks, layer.audio_blocks):
-        out_v, out_a, (probs_v, probs_a) = attention((video, audio), mask=(mask, mask), correlation=correlation,
-                                                     return_attention_scores=True)
-        video, audio = video_block(video, out_v, training=False), audio_block(audio, out_a, training=False)
+        _, (wv, wa) = layer((video, audio), return_assignments=True, **kwargs)
+        return np.asarray(wv), np.asarray(wa)
+    _, scores = layer((video, audio), return_attention_scores=True, **kwargs)
+    probs_v, probs_a = scores[-1]
     return _received(probs_v, mask), _received(probs_a, mask)
 
 

@@ -1,17 +1,16 @@
-"""Modality alignment: a pass-through layer that adds `-λ · CKA` as a loss."""
-import threading
-
+"""Modality alignment: a pass-through layer whose loss is `-λ · CKA`."""
 import keras
 from keras import ops
 
 from vt_keras.distributed import num_replicas, replica_gather, replica_id
 from vt_keras.errors import ConfigError, UserError
+from vt_keras.layers import checks
 from vt_keras.losses.cka import KERNELS, cka, min_samples
 
 
 @keras.saving.register_keras_serializable(package="vt_keras")
 class CKAAlignment(keras.layers.Layer):
-    """Adds `-weight · CKA(video, text)` to the model's losses; returns its inputs.
+    """`-weight · CKA(video, text)` as a loss of the model; returns its inputs.
 
     The Modality Alignment of Yun et al. (LREC 2022): N vectors are taken from
     each modality's sequence so that the counts match, and the CKA between
@@ -40,8 +39,16 @@ class CKAAlignment(keras.layers.Layer):
     CKA of the global batch. `num_samples` counts rows of that global batch:
     each of R replicas draws `ceil(num_samples / R)` and the last replicas
     leave out the rows over `num_samples`.
-    The added loss is a global scalar; the trainer and `fit` divide it by the
-    number of replicas, as `add_loss` losses are.
+
+    The loss: by default the layer calls `add_loss(-weight · CKA)`, which is
+    what `fit()` and a loop that adds `model.losses` expect, on one device
+    and on every backend. Under a multi-replica `tf.distribute` strategy
+    Keras keeps one loss list per layer for all replicas, so each replica's
+    `model.losses` would hold every replica's term: there, call the layer
+    with `return_loss=True`, which returns the term instead of adding it,
+    and add it to the replica's loss yourself (it is a global scalar: divide
+    it by the number of replicas, as `vt_keras.train.task.StepContext`'s
+    `global_scalar` does). Without `return_loss`, a multi-replica call raises `UserError`.
 
     Tracked values: the metric `cka` (a `keras.metrics.Mean`, shown by `fit`;
     batches with fewer valid rows than the estimator needs are not counted)
@@ -61,15 +68,22 @@ class CKAAlignment(keras.layers.Layer):
         seed: seed of the sampling draws (only used with `num_samples`).
         **kwargs: `keras.layers.Layer` arguments (`name`, `dtype`, ...).
 
-    Call: `layer((x_seq, y_seq), mask=(x_mask, y_mask))` with `x_seq`
-    `[B, T1, d1]`, `y_seq` `[B, T2, d2]` (or pooled `[B, d1]`, `[B, d2]`)
-    and boolean masks `[B, T1]`, `[B, T2]` (`[B]` for pooled; None for all
-    valid) → `(x_seq, y_seq)` unchanged.
+    Call: `layer((x_seq, y_seq), mask=(x_mask, y_mask), return_loss=False)`
+    with `x_seq` `[B, T1, d1]`, `y_seq` `[B, T2, d2]` (or pooled `[B, d1]`,
+    `[B, d2]`) and boolean masks `[B, T1]`, `[B, T2]` (`[B]` for pooled; None
+    for all valid) → `(x_seq, y_seq)` unchanged, and with `return_loss=True`
+    also the scalar float32 term `-weight · CKA` (then not added as a loss).
 
     Example:
     >>> video, text = video_encoder(frames), text_encoder(tokens)
     >>> video, text = CKAAlignment(weight=0.1)((video, text), mask=(fm, tm))
     >>> fused = cross_modal_attention(video, text)
+    >>> # under a multi-replica strategy:
+    >>> video, text, alignment_loss = CKAAlignment(weight=0.1)((video, text), return_loss=True)
+
+    Reference: Yun et al., "Modality Alignment between Deep Representations
+    for Effective Video-and-Language Learning", LREC 2022; Kornblith et al.,
+    "Similarity of Neural Network Representations Revisited", ICML 2019.
     """
 
     def __init__(
@@ -107,18 +121,13 @@ class CKAAlignment(keras.layers.Layer):
         self.supports_masking = True
         self.seed_generator = keras.random.SeedGenerator(seed)
         self.cka_tracker = keras.metrics.Mean(name="cka")
-        self._per_thread = threading.local()
 
     def build(self, input_shape):
-        if not isinstance(input_shape, (list, tuple)) or len(input_shape) != 2:
-            raise UserError(
-                f"CKAAlignment: expected inputs (x_seq, y_seq); got input shape {input_shape}"
-            )
+        if not isinstance(input_shape, (list, tuple)) or len(input_shape) != 2 or not all(
+                isinstance(s, (list, tuple)) for s in input_shape):
+            raise checks.shape_error(self, "inputs", "a pair (x_seq, y_seq)", f"shape {input_shape}")
         for name, shape in zip(("x_seq", "y_seq"), input_shape):
-            if len(shape) not in (2, 3):
-                raise UserError(
-                    f"CKAAlignment: {name} must be [B, T, d] or pooled [B, d]; got shape {tuple(shape)}"
-                )
+            checks.tensor_shape(self, shape, name, (3, 2), known_features=False)
         # Every replica computes the same global value; keep the first's.
         self.last_cka = self.add_weight(
             shape=(),
@@ -128,7 +137,7 @@ class CKAAlignment(keras.layers.Layer):
             aggregation="only_first_replica",
         )
 
-    def call(self, inputs, mask=None, training=None):
+    def call(self, inputs, mask=None, training=None, return_loss=False):
         x_seq, y_seq = inputs
         x_mask, y_mask = (None, None) if mask is None else mask
         x, y, valid = self._vectors(x_seq, y_seq, x_mask, y_mask)
@@ -142,10 +151,18 @@ class CKAAlignment(keras.layers.Layer):
             rbf_threshold=self.rbf_threshold,
             mask=valid > 0.5,
         )
-        self.add_loss(-self.weight * value)
+        loss = -self.weight * value
         counted = ops.cast(ops.sum(valid) >= min_samples(self.debiased), "float32")
         self.cka_tracker.update_state(value, sample_weight=counted)
-        self.last_cka.assign(ops.where(counted > 0, value, self.last_cka))
+        self.last_cka.assign(ops.where(counted > 0, value, self.last_cka.value))
+        if return_loss:
+            return x_seq, y_seq, loss
+        if num_replicas() > 1:
+            raise UserError(
+                f"{self.name} (CKAAlignment): called by one of {num_replicas()} replicas without "
+                "return_loss=True; add_loss would give every replica all replicas' terms. "
+                "Call it with return_loss=True and add the returned term / num_replicas to the loss")
+        self.add_loss(loss)
         return (x_seq, y_seq)
 
     def _vectors(self, x_seq, y_seq, x_mask, y_mask):
@@ -189,31 +206,9 @@ class CKAAlignment(keras.layers.Layer):
         valid = ops.cast(valid, rows.dtype)
         return rows * valid[:, None], valid
 
-    # Keras keeps `add_loss` terms in one list per layer. Under
-    # MirroredStrategy every replica calls the layer from its own thread, and
-    # the all-gather lets the threads interleave: one replica's call clears
-    # the list after another's loss is in it, so `model.losses` would hold
-    # both replicas' terms. Each thread keeps its own list instead.
-    def _thread_losses(self):
-        if not hasattr(self._per_thread, "losses"):
-            self._per_thread.losses = []
-        return self._per_thread.losses
-
-    def add_loss(self, loss):
-        start = len(self._losses)
-        super().add_loss(loss)  # stateless scopes collect it themselves
-        self._thread_losses().extend(self._losses[start:])
-        del self._losses[start:]
-
-    def _get_own_losses(self):
-        return super()._get_own_losses() + list(self._thread_losses())
-
-    def _clear_losses(self):
-        super()._clear_losses()
-        self._thread_losses().clear()
-
-    def compute_output_spec(self, inputs, mask=None, training=None):
-        return tuple(keras.KerasTensor(t.shape, dtype=t.dtype) for t in inputs)
+    def compute_output_spec(self, inputs, mask=None, training=None, return_loss=False):
+        outputs = tuple(keras.KerasTensor(t.shape, dtype=t.dtype) for t in inputs)
+        return outputs + (keras.KerasTensor((), dtype="float32"),) if return_loss else outputs
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape)

@@ -6,24 +6,21 @@ frames (or of recurrent hidden states), whose weighted sums are concatenated.
 `CrossModalAttentionClusters` is the cross-modal attention RNN of Goyal et al.
 (2020) in that multi-modal cluster form: each modality's attention weights are
 increased by a learned ReLU transform, along time, of the other modality's.
+
+These are the layers of the configs' `rnn` aggregator. Despite the name, no
+recurrent layer runs by default (`encoder=None`): Goyal et al.'s "attention
+RNN" experiments use the attention-cluster form of Long et al. (their §2),
+which attends over the frames themselves; `encoder="gru"` or `"lstm"` adds
+the recurrent encoder.
 """
 import keras
 from keras import ops
 
-from vt_keras.errors import ConfigError, DataError
+from vt_keras.errors import ConfigError
+from vt_keras.layers import checks
+from vt_keras.layers.cross_modal import MASK_LOGIT, TRANSFORMS, correlation_gate
 
 _ENCODERS = {"gru": keras.layers.GRU, "lstm": keras.layers.LSTM}
-_TRANSFORMS = ("conv", "dense")
-# Large but finite: a fully padded video must not turn the softmax into NaN.
-_MASK_LOGIT = -1e9
-
-
-def _check_positive_int(name, value, allow_none=False):
-    if allow_none and value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        expected = "a positive int or None" if allow_none else "a positive int"
-        raise ConfigError(f"{name} must be {expected}; got {value!r}")
 
 
 def _masked_time_softmax(scores, mask):
@@ -32,7 +29,7 @@ def _masked_time_softmax(scores, mask):
     if mask is None:
         return ops.softmax(scores, axis=-1)
     mask = ops.cast(mask, "bool")[:, None, :]
-    weights = ops.softmax(ops.where(mask, scores, _MASK_LOGIT), axis=-1)
+    weights = ops.softmax(ops.where(mask, scores, MASK_LOGIT), axis=-1)
     # An all-padded row would otherwise be uniform over padding.
     return weights * ops.cast(mask, "float32")
 
@@ -47,7 +44,9 @@ class AttentionClusters(keras.layers.Layer):
     as they are (`encoder=None`) or first run through a GRU or LSTM that
     returns its hidden states. The shifting operation of Long et al. (a
     learned scale and bias, then L2 normalisation of each `v_k`) is not used,
-    following Goyal et al.
+    following Goyal et al. This is the `rnn` aggregator of the configs: with
+    the default `encoder=None` it runs no recurrent layer, as in the paper's
+    attention-cluster experiments.
 
     Args:
         num_clusters: K, the number of attention units.
@@ -78,24 +77,19 @@ class AttentionClusters(keras.layers.Layer):
 
     def __init__(self, num_clusters=8, encoder=None, encoder_units=None, **kwargs):
         super().__init__(**kwargs)
-        _check_positive_int("num_clusters", num_clusters)
+        checks.positive_int("num_clusters", num_clusters)
         if encoder is not None and encoder not in _ENCODERS:
             raise ConfigError(
                 f"encoder must be None, 'gru' or 'lstm'; got {encoder!r}"
             )
-        _check_positive_int("encoder_units", encoder_units, allow_none=True)
+        checks.positive_int("encoder_units", encoder_units, allow_none=True)
         self.num_clusters = num_clusters
         self.encoder = encoder
         self.encoder_units = encoder_units
         self.supports_masking = True
 
     def build(self, input_shape):
-        if len(input_shape) != 3 or input_shape[-1] is None:
-            raise DataError(
-                f"{self.name} expects frames of shape [batch, time, features] "
-                f"with a known feature size; got {tuple(input_shape)}"
-            )
-        features = input_shape[-1]
+        features = checks.frames_shape(self, input_shape)[-1]
         # Without an encoder the frames are the hidden states: encoder_units is unused.
         self.hidden_dim = (self.encoder_units or features) if self.encoder else features
         self.sequence_encoder = None
@@ -158,20 +152,6 @@ class AttentionClusters(keras.layers.Layer):
         return config
 
 
-def _split_pair(value, what):
-    if value is None:
-        return None, None
-    if not isinstance(value, (tuple, list)) or len(value) != 2:
-        raise DataError(f"{what} must be a (video, audio) pair; got {type(value).__name__}")
-    return value[0], value[1]
-
-
-def _correlation_gate(correlation, rank):
-    """`[B]` or `[B, 1]` correlation, float32, broadcastable to a rank-`rank` tensor."""
-    correlation = ops.cast(correlation, "float32")
-    return ops.reshape(correlation, (-1,) + (1,) * (rank - 1))
-
-
 @keras.saving.register_keras_serializable(package="vt_keras")
 class CrossModalAttentionClusters(keras.layers.Layer):
     """Attention clusters per modality, each steered by the other's attention.
@@ -198,7 +178,9 @@ class CrossModalAttentionClusters(keras.layers.Layer):
     1 + the mass of F's output. With `g = 0` the layer is two independent
     `AttentionClusters`. The paper's model uses the multi-modal cluster form of
     Long et al. without its shifting operation, which is what this layer does.
-    Video and audio must share the time axis (the same T).
+    Video and audio must share the time axis (the same T). This is the
+    cross-modal `rnn` aggregator of the configs (`rnn_cm_*`); by default it
+    runs no recurrent layer (`encoder=None`), as in the paper.
 
     Args:
         video_clusters: Kv, attention units for video.
@@ -243,11 +225,11 @@ class CrossModalAttentionClusters(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        if transform not in _TRANSFORMS:
+        if transform not in TRANSFORMS:
             raise ConfigError(f"transform must be 'conv' or 'dense'; got {transform!r}")
-        _check_positive_int("video_clusters", video_clusters)
-        _check_positive_int("audio_clusters", audio_clusters)
-        _check_positive_int("transform_kernel_size", transform_kernel_size)
+        checks.positive_int("video_clusters", video_clusters)
+        checks.positive_int("audio_clusters", audio_clusters)
+        checks.positive_int("transform_kernel_size", transform_kernel_size)
         self.video_clusters = video_clusters
         self.audio_clusters = audio_clusters
         self.encoder = encoder
@@ -279,13 +261,10 @@ class CrossModalAttentionClusters(keras.layers.Layer):
         self.video_to_audio = transform_layer(audio_clusters, "video_to_audio")
 
     def build(self, input_shape):
-        video_shape, audio_shape = _split_pair(input_shape, f"{self.name} inputs")
-        video_steps, audio_steps = video_shape[1], audio_shape[1]
-        if video_steps is not None and audio_steps is not None and video_steps != audio_steps:
-            raise DataError(
-                f"{self.name} expects video and audio on one time axis; got "
-                f"{video_steps} video and {audio_steps} audio frames"
-            )
+        video_shape, audio_shape = checks.pair_of_shapes(self, input_shape)
+        checks.frames_shape(self, video_shape, "video")
+        checks.frames_shape(self, audio_shape, "audio")
+        checks.same_time_axis(self, video_shape, audio_shape)
         self.video_attention.build(video_shape)
         self.audio_attention.build(audio_shape)
         self.audio_to_video.build((None, None, self.audio_clusters))
@@ -303,14 +282,14 @@ class CrossModalAttentionClusters(keras.layers.Layer):
     def call(
         self, inputs, mask=None, correlation=None, return_attention=False, training=None
     ):
-        video, audio = _split_pair(inputs, f"{self.name} inputs")
-        video_mask, audio_mask = _split_pair(mask, f"{self.name} mask")
+        video, audio = checks.pair(self, inputs, "inputs")
+        video_mask, audio_mask = checks.pair(self, mask, "mask")
         h_v, alpha_v = self.video_attention.attend(video, video_mask, training)
         h_a, alpha_a = self.audio_attention.attend(audio, audio_mask, training)
         cross_v = self._cross_term(self.audio_to_video, alpha_a, video_mask)
         cross_a = self._cross_term(self.video_to_audio, alpha_v, audio_mask)
         if correlation is not None:
-            gate = _correlation_gate(correlation, 3)
+            gate = correlation_gate(correlation, 3)
             cross_v, cross_a = cross_v * gate, cross_a * gate
         weights_v, weights_a = alpha_v + cross_v, alpha_a + cross_a
         outputs = ops.concatenate(

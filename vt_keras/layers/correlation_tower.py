@@ -3,8 +3,9 @@ import keras
 import numpy as np
 from keras import ops
 
-from vt_keras.errors import ConfigError, UserError
-from vt_keras.layers.pooling import masked_mean
+from vt_keras.errors import ConfigError, ShapeError, UserError
+from vt_keras.layers import checks
+from vt_keras.ops import masked_mean
 
 
 @keras.saving.register_keras_serializable(package="vt_keras")
@@ -94,20 +95,10 @@ class CorrelationTower(keras.layers.Layer):
         self.classifier = keras.layers.Dense(1, dtype=self.dtype_policy, name="classifier")
 
     def build(self, input_shape):
-        if (not isinstance(input_shape, (tuple, list)) or len(input_shape) != 2
-                or not all(isinstance(s, (tuple, list)) for s in input_shape)):
-            raise UserError(
-                f"{self.name}: CorrelationTower expects inputs (video, audio), got shape "
-                f"{input_shape}"
-            )
-        for layers, shape in ((self.video_layers, input_shape[0]),
-                              (self.audio_layers, input_shape[1])):
-            if len(shape) not in (2, 3):
-                raise UserError(
-                    f"{self.name}: each input must be [batch, features] or "
-                    f"[batch, time, features], got shape {tuple(shape)}"
-                )
-            dim = shape[-1]
+        video_shape, audio_shape = checks.pair_of_shapes(self, input_shape)
+        for layers, shape, what in ((self.video_layers, video_shape, "video"),
+                                    (self.audio_layers, audio_shape, "audio")):
+            dim = checks.tensor_shape(self, shape, what, (2, 3))[-1]
             for layer in layers:
                 layer.build((None, dim))
                 dim = layer.units
@@ -212,7 +203,7 @@ def correlation_metrics(y_true, p, threshold=0.5):
     y = np.asarray(y_true).reshape(-1)
     p = np.asarray(p, dtype=np.float64).reshape(-1)
     if y.shape != p.shape:
-        raise UserError(
+        raise ShapeError(
             f"correlation_metrics: y_true has {y.size} labels but p has {p.size} probabilities"
         )
     if not np.all((y == 0) | (y == 1)):

@@ -9,32 +9,25 @@ import math
 import keras
 from keras import ops
 
-from vt_keras.errors import ConfigError, DataError
-from vt_keras.layers.attention_clusters import _check_positive_int, _correlation_gate, _split_pair
+from vt_keras.errors import ConfigError
+from vt_keras.layers import checks
+from vt_keras.layers.cross_modal import MASK_LOGIT, TRANSFORMS, correlation_gate
 from vt_keras.layers.pooling import FramePooling
 
-_TRANSFORMS = ("conv", "dense")
 _POOLINGS = ("mean", "max", "mean_max")
-_MASK_LOGIT = -1e9  # finite: an all-padded row stays NaN-free
 _MHA_ARGS = ("num_heads", "key_dim", "value_dim", "transform", "transform_kernel_size", "dropout")
 _ENCODER_ARGS = ("num_layers", "num_heads", "key_dim", "intermediate_dim", "dropout", "pooling")
-
-
-def _check_dropout(dropout):
-    if not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
-        raise ConfigError(f"dropout must be a float in [0, 1); got {dropout!r}")
 
 
 def masked_softmax(logits, key_mask):
     """Softmax over keys of float32 `[B, H, Tq, Tk]` logits, padded keys removed.
 
-    Heads lead and keys come last throughout this module: the batched
-    matmuls and the softmax then run without transposes, about 2.5 times
-    faster on CPU than a heads-last layout.
+    Heads lead and keys come last throughout this module, so that the batched
+    matmuls and the softmax run without transposes (README, Performance).
     """
     if key_mask is not None:
         key_mask = ops.cast(key_mask, "bool")[:, None, None, :]
-        logits = ops.where(key_mask, logits, _MASK_LOGIT)
+        logits = ops.where(key_mask, logits, MASK_LOGIT)
     return ops.softmax(logits, axis=-1)
 
 
@@ -136,11 +129,11 @@ class CrossModalMultiHeadAttention(keras.layers.Layer):
         super().__init__(**kwargs)
         for name, value in (("num_heads", num_heads), ("key_dim", key_dim),
                             ("transform_kernel_size", transform_kernel_size)):
-            _check_positive_int(name, value)
-        _check_positive_int("value_dim", value_dim, allow_none=True)
-        if transform not in _TRANSFORMS:
+            checks.positive_int(name, value)
+        checks.positive_int("value_dim", value_dim, allow_none=True)
+        if transform not in TRANSFORMS:
             raise ConfigError(f"transform must be 'conv' or 'dense'; got {transform!r}")
-        _check_dropout(dropout)
+        checks.dropout_rate(dropout)
         self.num_heads, self.key_dim, self.value_dim = num_heads, key_dim, value_dim
         self.transform, self.transform_kernel_size = transform, transform_kernel_size
         self.dropout = dropout
@@ -157,10 +150,10 @@ class CrossModalMultiHeadAttention(keras.layers.Layer):
         self.probs_dropout = keras.layers.Dropout(dropout, dtype=self.dtype_policy)
 
     def build(self, input_shape):
-        video_shape, audio_shape = _split_pair(input_shape, f"{self.name} inputs")
-        if None not in (video_shape[1], audio_shape[1]) and video_shape[1] != audio_shape[1]:
-            raise DataError(f"{self.name} expects video and audio on one time axis; got "
-                            f"{video_shape[1]} video and {audio_shape[1]} audio frames")
+        video_shape, audio_shape = checks.pair_of_shapes(self, input_shape)
+        checks.frames_shape(self, video_shape, "video")
+        checks.frames_shape(self, audio_shape, "audio")
+        checks.same_time_axis(self, video_shape, audio_shape)
         self.video_heads.build(video_shape)
         self.audio_heads.build(audio_shape)
         for transform in (self.audio_to_video, self.video_to_audio):
@@ -179,14 +172,14 @@ class CrossModalMultiHeadAttention(keras.layers.Layer):
 
     def call(self, inputs, mask=None, correlation=None, return_attention_scores=False,
              training=None):
-        video, audio = _split_pair(inputs, f"{self.name} inputs")
-        video_mask, audio_mask = _split_pair(mask, f"{self.name} mask")
+        video, audio = checks.pair(self, inputs, "inputs")
+        video_mask, audio_mask = checks.pair(self, mask, "mask")
         logits_v, value_v = self.video_heads(video)
         logits_a, value_a = self.audio_heads(audio)
         cross_v = self._cross_term(self.audio_to_video, logits_a, audio_mask)
         cross_a = self._cross_term(self.video_to_audio, logits_v, video_mask)
         if correlation is not None:
-            gate = _correlation_gate(correlation, 4)
+            gate = correlation_gate(correlation, 4)
             cross_v, cross_a = cross_v * gate, cross_a * gate
         probs_v = masked_softmax(logits_v + cross_v, video_mask)
         probs_a = masked_softmax(logits_a + cross_a, audio_mask)
@@ -244,8 +237,8 @@ class _EncoderBase(keras.layers.Layer):
         super().__init__(**kwargs)
         for name, value in (("num_layers", num_layers), ("num_heads", num_heads),
                             ("key_dim", key_dim), ("intermediate_dim", intermediate_dim)):
-            _check_positive_int(name, value)
-        _check_dropout(dropout)
+            checks.positive_int(name, value)
+        checks.dropout_rate(dropout)
         if pooling not in _POOLINGS:
             raise ConfigError(f"pooling must be one of {_POOLINGS}; got {pooling!r}")
         self.num_layers = num_layers
@@ -292,9 +285,12 @@ class TransformerEncoder(_EncoderBase):
         inputs: `[B, T, D]` frames.
         mask: optional `[B, T]` bool, False on padded frames.
         training: enables dropout.
+        return_attention_scores: if True, also return each layer's float32
+            attention probabilities `[B, H, T, T]` (queries by keys, before
+            dropout), a tuple of `num_layers`.
 
     Returns:
-        `[B, D]` (`[B, 2D]` for "mean_max").
+        `[B, D]` (`[B, 2D]` for "mean_max"), and the scores if asked for.
 
     Example:
     >>> encoder = TransformerEncoder(num_layers=1, num_heads=2, key_dim=8)
@@ -315,17 +311,21 @@ class TransformerEncoder(_EncoderBase):
         self.probs_dropout = keras.layers.Dropout(dropout, dtype=self.dtype_policy)
 
     def build(self, input_shape):
+        checks.frames_shape(self, input_shape)
         for layer in self.heads + self.blocks:
             layer.build(input_shape)
         self.built = True
 
-    def call(self, inputs, mask=None, training=None):
-        x = inputs
+    def call(self, inputs, mask=None, training=None, return_attention_scores=False):
+        x, scores = inputs, []
         for heads, block in zip(self.heads, self.blocks):
             logits, value = heads(x)
-            probs = self.probs_dropout(masked_softmax(logits, mask), training=training)
-            x = block(x, heads.combine(probs, value), training=training)
-        return self.pool(x, mask=mask)
+            probs = masked_softmax(logits, mask)
+            scores.append(probs)
+            x = block(x, heads.combine(self.probs_dropout(probs, training=training), value),
+                      training=training)
+        pooled = self.pool(x, mask=mask)
+        return (pooled, tuple(scores)) if return_attention_scores else pooled
 
 
 @keras.saving.register_keras_serializable(package="vt_keras")
@@ -350,9 +350,13 @@ class CrossModalTransformerEncoder(_EncoderBase):
         mask: optional `(video_mask, audio_mask)`, each `[B, T]` bool or None.
         correlation: optional `[B]` or `[B, 1]` gate on the cross-modal terms.
         training: enables dropout.
+        return_attention_scores: if True, also return each layer's float32
+            probabilities `(video [B, H, T, T], audio [B, H, T, T])`, cross-modal
+            term included, a tuple of `num_layers` pairs.
 
     Returns:
-        `[B, Dv + Da]` (`[B, 2Dv + 2Da]` for "mean_max").
+        `[B, Dv + Da]` (`[B, 2Dv + 2Da]` for "mean_max"), and the scores if
+        asked for.
 
     Example:
     >>> encoder = CrossModalTransformerEncoder(num_layers=1, num_heads=2, key_dim=8)
@@ -379,7 +383,10 @@ class CrossModalTransformerEncoder(_EncoderBase):
         self.audio_blocks = self._blocks("audio_")
 
     def build(self, input_shape):
-        video_shape, audio_shape = _split_pair(input_shape, f"{self.name} inputs")
+        video_shape, audio_shape = checks.pair_of_shapes(self, input_shape)
+        checks.frames_shape(self, video_shape, "video")
+        checks.frames_shape(self, audio_shape, "audio")
+        checks.same_time_axis(self, video_shape, audio_shape)
         for attention, video_block, audio_block in zip(
                 self.attention_layers, self.video_blocks, self.audio_blocks):
             attention.build((video_shape, audio_shape))
@@ -387,18 +394,23 @@ class CrossModalTransformerEncoder(_EncoderBase):
             audio_block.build(audio_shape)
         self.built = True
 
-    def call(self, inputs, mask=None, correlation=None, training=None):
-        video, audio = _split_pair(inputs, f"{self.name} inputs")
-        video_mask, audio_mask = _split_pair(mask, f"{self.name} mask")
+    def call(self, inputs, mask=None, correlation=None, training=None,
+             return_attention_scores=False):
+        video, audio = checks.pair(self, inputs, "inputs")
+        video_mask, audio_mask = checks.pair(self, mask, "mask")
         masks = None if video_mask is None and audio_mask is None else (video_mask, audio_mask)
+        scores = []
         for attention, video_block, audio_block in zip(
                 self.attention_layers, self.video_blocks, self.audio_blocks):
-            attended_v, attended_a = attention((video, audio), mask=masks,
-                                               correlation=correlation, training=training)
+            attended_v, attended_a, probs = attention(
+                (video, audio), mask=masks, correlation=correlation, training=training,
+                return_attention_scores=True)
+            scores.append(probs)
             video = video_block(video, attended_v, training=training)
             audio = audio_block(audio, attended_a, training=training)
         pooled = [self.pool(video, mask=video_mask), self.pool(audio, mask=audio_mask)]
-        return ops.concatenate(pooled, axis=-1)
+        pooled = ops.concatenate(pooled, axis=-1)
+        return (pooled, tuple(scores)) if return_attention_scores else pooled
 
     def get_config(self):
         config = super().get_config()

@@ -3,6 +3,7 @@ import keras
 from keras import ops
 
 from vt_keras.errors import ConfigError
+from vt_keras.layers import checks
 
 
 @keras.saving.register_keras_serializable(package="vt_keras")
@@ -74,6 +75,9 @@ class MixtureOfExperts(keras.layers.Layer):
         )
 
     def build(self, input_shape):
+        if len(input_shape) < 2 or input_shape[-1] is None:
+            raise checks.shape_error(self, "inputs", "[batch, ..., features] with a known feature size",
+                                     f"shape {tuple(input_shape)}")
         self.gate_dense.build(input_shape)
         self.expert_dense.build(input_shape)
 
@@ -153,6 +157,7 @@ class ContextGating(keras.layers.Layer):
         )
 
     def build(self, input_shape):
+        checks.tensor_shape(self, input_shape, "inputs", (2, 3))
         self.gate_dense = keras.layers.Dense(
             input_shape[-1],
             use_bias=not self.use_batch_norm,

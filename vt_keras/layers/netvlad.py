@@ -4,16 +4,9 @@ import math
 import keras
 from keras import ops
 
-from vt_keras.errors import ConfigError, UserError
-
-
-def l2_normalize(x, axis=-1, epsilon=1e-6):
-    """`x / sqrt(Σx² + ε)` along `axis`, in x's dtype.
-
-    The ε inside the root keeps an all-zero vector (an empty cluster, an
-    all-padded video) at 0 with a finite gradient instead of NaN.
-    """
-    return x * ops.rsqrt(ops.sum(ops.square(x), axis=axis, keepdims=True) + epsilon)
+from vt_keras.errors import ConfigError
+from vt_keras.layers import checks
+from vt_keras.ops import l2_normalize
 
 
 @keras.saving.register_keras_serializable(package="vt_keras")
@@ -31,8 +24,10 @@ class NetVLAD(keras.layers.Layer):
     batch normalisation of the assignment logits. The centres c_k are their
     own weights, separate from the assignment weights w_k. Padded frames get
     assignment 0, so they add nothing to V_k and do not count in batch-norm
-    statistics. Softmax, sums and norms run in float32; every L2 norm has ε
-    inside the root, so an empty cluster gives 0, never NaN.
+    statistics. Softmax, sums and norms run in float32; every L2 norm is
+    `x / sqrt(max(Σx², ε))` (`vt_keras.ops.l2_normalize`, the convention of
+    `tf.math.l2_normalize` and of the YouTube-8M winners' code), so an empty
+    cluster gives exactly 0 with a finite gradient, never NaN.
 
     Args:
         num_clusters: int K.
@@ -40,17 +35,22 @@ class NetVLAD(keras.layers.Layer):
             dense layer (with bias). None returns the normalised K·D vector.
         use_batch_norm: bool, batch norm instead of a bias on the assignment
             logits.
-        epsilon: float ε added under every square root of an L2 norm.
+        epsilon: float ε, the floor of the squared norm in every L2
+            normalisation.
         **kwargs: standard `keras.layers.Layer` arguments.
 
     Call arguments:
         inputs: float tensor `[B, T, D]`.
         mask: optional bool `[B, T]`, True for real frames.
         training: bool, batch-norm mode.
+        return_assignments: if True, also return the soft assignments.
 
     Returns:
         `[B, K·D]` (or `[B, output_dim]`) in the layer's compute dtype, laid
-        out cluster-major (`[B, K, D]` flattened).
+        out cluster-major (`[B, K, D]` flattened); with
+        `return_assignments=True` also the float32 assignments `[B, K, T]`
+        (0 at padded frames), clusters by time like the attention weights of
+        `AttentionClusters`.
 
     Example:
         >>> vlad = NetVLAD(num_clusters=64)
@@ -64,7 +64,7 @@ class NetVLAD(keras.layers.Layer):
     """
 
     def __init__(self, num_clusters=64, output_dim=None, use_batch_norm=True,
-                 epsilon=1e-6, **kwargs):
+                 epsilon=1e-12, **kwargs):
         super().__init__(**kwargs)
         if int(num_clusters) < 1:
             raise ConfigError(f"NetVLAD num_clusters must be >= 1, got {num_clusters}")
@@ -92,12 +92,7 @@ class NetVLAD(keras.layers.Layer):
         )
 
     def build(self, input_shape):
-        if len(input_shape) != 3 or input_shape[-1] is None:
-            raise UserError(
-                f"{self.name}: NetVLAD expects frames [batch, time, features] with a known "
-                f"feature size, got shape {tuple(input_shape)}"
-            )
-        dim = int(input_shape[-1])
+        dim = int(checks.frames_shape(self, input_shape)[-1])
         self.feature_dim = dim
         init = keras.initializers.RandomNormal(stddev=1.0 / math.sqrt(dim))
         self.assignment_dense = keras.layers.Dense(
@@ -148,9 +143,12 @@ class NetVLAD(keras.layers.Layer):
         vlad = ops.cast(vlad, self.compute_dtype)
         return vlad if self.projection is None else self.projection(vlad)
 
-    def call(self, inputs, mask=None, training=None):
+    def call(self, inputs, mask=None, training=None, return_assignments=False):
         weights = self.soft_assign(inputs, mask=mask, training=training)
-        return self.project(self.aggregate(weights, inputs))
+        outputs = self.project(self.aggregate(weights, inputs))
+        if return_assignments:
+            return outputs, ops.transpose(weights, (0, 2, 1))
+        return outputs
 
     def compute_mask(self, inputs, mask=None):
         return None
@@ -160,6 +158,13 @@ class NetVLAD(keras.layers.Layer):
         if dim is None:
             dim = self.num_clusters * input_shape[-1]
         return (input_shape[0], dim)
+
+    def compute_output_spec(self, inputs, mask=None, training=None, return_assignments=False):
+        outputs = keras.KerasTensor(self.compute_output_shape(inputs.shape), self.compute_dtype)
+        if not return_assignments:
+            return outputs
+        batch, steps = inputs.shape[:2]
+        return outputs, keras.KerasTensor((batch, self.num_clusters, steps), "float32")
 
     def get_config(self):
         config = super().get_config()
@@ -215,7 +220,8 @@ class CrossModalNetVLAD(keras.layers.Layer):
         output_dim: optional int size of a final dense projection.
         use_batch_norm: bool, batch norm instead of a bias on each modality's
             assignment logits.
-        epsilon: float ε under every L2 norm's square root.
+        epsilon: float ε, the floor of the squared norm in every L2
+            normalisation (see `NetVLAD`).
         **kwargs: standard `keras.layers.Layer` arguments.
 
     Call arguments:
@@ -223,9 +229,13 @@ class CrossModalNetVLAD(keras.layers.Layer):
         mask: optional tuple `(video_mask [B, T], audio_mask [B, T])`.
         correlation: optional float `[B]` or `[B, 1]` in [0, 1].
         training: bool, batch-norm mode.
+        return_assignments: if True, also return the weights each modality's
+            frames are summed with, `α + g·F(α_other)`, float32
+            `(video [B, Kv, T], audio [B, Ka, T])`.
 
     Returns:
-        `[B, Kv·Dv + Ka·Da]` (or `[B, output_dim]`) in the compute dtype.
+        `[B, Kv·Dv + Ka·Da]` (or `[B, output_dim]`) in the compute dtype (and
+        the weights with `return_assignments=True`).
 
     Example:
         >>> layer = CrossModalNetVLAD(video_clusters=128, audio_clusters=64)
@@ -240,7 +250,7 @@ class CrossModalNetVLAD(keras.layers.Layer):
     """
 
     def __init__(self, video_clusters=128, audio_clusters=64, transform_units=None,
-                 output_dim=None, use_batch_norm=True, epsilon=1e-6, **kwargs):
+                 output_dim=None, use_batch_norm=True, epsilon=1e-12, **kwargs):
         super().__init__(**kwargs)
         if output_dim is not None and int(output_dim) < 1:
             raise ConfigError(
@@ -279,19 +289,10 @@ class CrossModalNetVLAD(keras.layers.Layer):
         )
 
     def build(self, input_shape):
-        if not isinstance(input_shape, (tuple, list)) or len(input_shape) != 2 or not all(
-            isinstance(s, (tuple, list)) for s in input_shape
-        ):
-            raise UserError(
-                f"{self.name}: CrossModalNetVLAD expects inputs (video, audio), got "
-                f"shape {input_shape}"
-            )
-        video_shape, audio_shape = (tuple(s) for s in input_shape)
-        if None not in (video_shape[1], audio_shape[1]) and video_shape[1] != audio_shape[1]:
-            raise UserError(
-                f"{self.name}: video and audio must share the time axis, got "
-                f"{video_shape[1]} video and {audio_shape[1]} audio frames"
-            )
+        video_shape, audio_shape = checks.pair_of_shapes(self, input_shape)
+        checks.frames_shape(self, video_shape, "video")
+        checks.frames_shape(self, audio_shape, "audio")
+        checks.same_time_axis(self, video_shape, audio_shape)
         self.video_netvlad.build(video_shape)
         self.audio_netvlad.build(audio_shape)
         for layers, in_dim in ((self.audio_to_video, self.audio_clusters),
@@ -310,15 +311,9 @@ class CrossModalNetVLAD(keras.layers.Layer):
             x = layer(x)
         return ops.cast(x, "float32")
 
-    def call(self, inputs, mask=None, correlation=None, training=None):
-        video, audio = inputs
-        if mask is None:
-            mask = (None, None)
-        if not isinstance(mask, (tuple, list)) or len(mask) != 2:
-            raise UserError(
-                f"{self.name}: mask must be a (video_mask, audio_mask) pair, got {mask!r}"
-            )
-        video_mask, audio_mask = mask
+    def call(self, inputs, mask=None, correlation=None, training=None, return_assignments=False):
+        video, audio = checks.pair(self, inputs, "inputs")
+        video_mask, audio_mask = checks.pair(self, mask, "mask")
         alpha_v = self.video_netvlad.soft_assign(video, video_mask, training=training)
         alpha_a = self.audio_netvlad.soft_assign(audio, audio_mask, training=training)
         # F(0) = relu(bias) need not be 0: gate the cross term by frame validity.
@@ -337,7 +332,10 @@ class CrossModalNetVLAD(keras.layers.Layer):
             axis=-1,
         )
         pooled = ops.cast(pooled, self.compute_dtype)
-        return pooled if self.projection is None else self.projection(pooled)
+        outputs = pooled if self.projection is None else self.projection(pooled)
+        if return_assignments:
+            return outputs, (ops.transpose(weights_v, (0, 2, 1)), ops.transpose(weights_a, (0, 2, 1)))
+        return outputs
 
     def compute_mask(self, inputs, mask=None):
         return None
@@ -348,6 +346,17 @@ class CrossModalNetVLAD(keras.layers.Layer):
         if dim is None:
             dim = self.video_clusters * video_shape[-1] + self.audio_clusters * audio_shape[-1]
         return (video_shape[0], dim)
+
+    def compute_output_spec(self, inputs, mask=None, correlation=None, training=None,
+                            return_assignments=False):
+        video, audio = checks.pair(self, inputs, "inputs")
+        outputs = keras.KerasTensor(self.compute_output_shape((video.shape, audio.shape)),
+                                    self.compute_dtype)
+        if not return_assignments:
+            return outputs
+        batch, steps = video.shape[:2]
+        return outputs, (keras.KerasTensor((batch, self.video_clusters, steps), "float32"),
+                         keras.KerasTensor((batch, self.audio_clusters, steps), "float32"))
 
     def get_config(self):
         config = super().get_config()

@@ -3,23 +3,10 @@ import keras
 from keras import ops
 
 from vt_keras.errors import ConfigError
+from vt_keras.layers import checks
+from vt_keras.ops import masked_mean  # noqa: F401  (also importable from here)
 
 _MODES = ("mean", "max", "mean_max")
-
-
-def masked_mean(inputs, mask=None):
-    """Mean over axis 1 of `[B, T, D]`, ignoring frames where `mask` is False.
-
-    Computed in float32 (a 300-frame sum in bfloat16 keeps ~3 digits) and
-    returned in float32. A row with no valid frame gives zeros.
-    """
-    x = ops.cast(inputs, "float32")
-    if mask is None:
-        return ops.mean(x, axis=1)
-    w = ops.cast(mask, "float32")[..., None]
-    total = ops.sum(x * w, axis=1)
-    count = ops.sum(w, axis=1)
-    return total / ops.maximum(count, 1.0)
 
 
 def masked_max(inputs, mask=None):
@@ -72,6 +59,9 @@ class FramePooling(keras.layers.Layer):
             raise ConfigError(f"FramePooling mode must be one of {_MODES}, got {mode!r}")
         self.mode = mode
         self.supports_masking = True
+
+    def build(self, input_shape):
+        checks.frames_shape(self, input_shape, known_features=False)
 
     def call(self, inputs, mask=None):
         parts = []

@@ -6,14 +6,16 @@ for text i (van den Oord et al., 2018, "Representation Learning with
 Contrastive Predictive Coding"; used symmetrically by Radford et al., 2021,
 CLIP). The loss is the mean of the two cross-entropies.
 
-The helpers at the bottom (`as_float`, `l2_normalize`, `contrastive_terms`)
-are shared with `vt_keras.losses.crossclr`.
+The helpers at the bottom (`as_float`, `check_pair`, `unpack`,
+`diagonal_mask`, `contrastive_terms`) are shared with
+`vt_keras.losses.crossclr`.
 """
 import keras
 from keras import ops
 
 from vt_keras.distributed import replica_gather
 from vt_keras.errors import ConfigError, UserError
+from vt_keras.ops import identity_gather, l2_normalize
 
 # Stands in for log(0) for masked logits: finite, so that a row whose every
 # entry is masked gives 0 with zero gradients instead of 0/0.
@@ -52,7 +54,7 @@ def info_nce(video, text, temperature=0.05, gather=None, normalize=True):
     _check_temperature("info_nce", "temperature", temperature)
     video, text = as_float(video, text)
     check_pair("info_nce", video, text, ("video", "text"), same_width=True)
-    gather = gather or _identity
+    gather = gather or identity_gather
     video, text = gather(video), gather(text)
     if normalize:
         video, text = l2_normalize(video), l2_normalize(text)
@@ -106,11 +108,6 @@ class InfoNCELoss(keras.losses.Loss):
         return config
 
 
-def _identity(x, axis=0):
-    del axis
-    return x
-
-
 def _check_temperature(where, key, value):
     if not (isinstance(value, (int, float)) and value > 0):
         raise ConfigError(f"{where}: {key} must be a number > 0; got {value!r}")
@@ -157,11 +154,6 @@ def unpack(y_pred, keys, where):
         f"{where}: y_pred must be a dict with keys {list(keys)} or a sequence of "
         f"{len(keys)} tensors in that order; got {type(y_pred).__name__}"
     )
-
-
-def l2_normalize(x, epsilon=1e-12):
-    """Rows scaled to unit norm; `epsilon` keeps zero rows (and gradients) finite."""
-    return x * ops.rsqrt(ops.maximum(ops.sum(ops.square(x), axis=-1, keepdims=True), epsilon))
 
 
 def diagonal_mask(rows, cols):

@@ -33,16 +33,12 @@ import math
 from keras import ops
 
 from vt_keras.errors import ConfigError
-from vt_keras.losses.contrastive import (
-    as_float,
-    check_pair,
-    contrastive_terms,
-    diagonal_mask,
-    l2_normalize,
-)
+from vt_keras.losses.contrastive import as_float, check_pair, contrastive_terms, diagonal_mask
+from vt_keras.ops import identity_gather, l2_normalize
 
 # Hyper-parameters of the supplement's Table 1 and Section 3.1; `queue_size`
 # applies to the local (clip/sentence) loss only, the global loss has none.
+# This is the one source of CrossCLR's defaults: configs and tasks read it.
 PRESETS = {
     "youcook2": dict(temperature=0.03, weight_temperature=35e-4, intra_weight=0.8,
                      prune_threshold=0.9, queue_size=5000),
@@ -52,10 +48,22 @@ PRESETS = {
     "lsmdc_multi_positive": dict(num_positives=5, positive_weight=0.2),
 }
 
+# The options of `crossclr_loss` and `CrossCLRLoss` when not given: YouCook2's
+# loss hyper-parameters, the paper's equation, no extra positives, no queue.
+DEFAULTS = dict(
+    {k: v for k, v in PRESETS["youcook2"].items() if k != "queue_size"},
+    reference_compat=False, num_positives=0, positive_weight=0.0,
+)
 
-def crossclr_loss(video_emb, text_emb, video_features, text_features, temperature=0.03,
-                  weight_temperature=0.0035, intra_weight=0.8, prune_threshold=0.9,
-                  reference_compat=False, gather=None, num_positives=0, positive_weight=0.0):
+
+def crossclr_loss(video_emb, text_emb, video_features, text_features,
+                  temperature=DEFAULTS["temperature"],
+                  weight_temperature=DEFAULTS["weight_temperature"],
+                  intra_weight=DEFAULTS["intra_weight"],
+                  prune_threshold=DEFAULTS["prune_threshold"],
+                  reference_compat=DEFAULTS["reference_compat"], gather=None,
+                  num_positives=DEFAULTS["num_positives"],
+                  positive_weight=DEFAULTS["positive_weight"]):
     """CrossCLR loss of a batch of paired embeddings (no queue).
 
     Per video anchor i, with `s(a, b) = ⟨â, b̂⟩ / τ` and N the non-influential
@@ -71,6 +79,8 @@ def crossclr_loss(video_emb, text_emb, video_features, text_features, temperatur
     Edge cases: when the largest centrality is ≤ 0 nothing is influential;
     when `Σ c ≤ 0` the weights normalise by `Σ |c|` instead (uniform if all
     are 0). Proximities and weights carry no gradient.
+
+    The option defaults are `DEFAULTS` (YouCook2's values of the supplement).
 
     Args:
         video_emb: `[B, d]` video embeddings (L2-normalised inside).
@@ -100,7 +110,7 @@ def crossclr_loss(video_emb, text_emb, video_features, text_features, temperatur
     options = crossclr_options(temperature, weight_temperature, intra_weight, prune_threshold,
                                reference_compat, num_positives, positive_weight)
     inputs = check_inputs("crossclr_loss", video_emb, text_emb, video_features, text_features)
-    gather = gather or (lambda x, axis=0: x)
+    gather = gather or identity_gather
     return crossclr_from_pool([gather(x) for x in inputs], None, options)
 
 

@@ -1,4 +1,4 @@
-"""`CrossCLRLoss`: the Keras `Loss` of CrossCLR, with the optional queue.
+"""`CrossCLRLoss`: the Keras `Loss` of CrossCLR, with the optional queue (`CrossCLRQueue`).
 
 The queue variant (Zolfaghari et al., ICCV 2021, used on the clip/sentence
 loss) keeps the detached embeddings and raw features of the last `queue_size`
@@ -6,28 +6,128 @@ samples. They are extra negatives for the current batch (cross-modal and
 intra-modal, pruned like batch samples) and count in every sample's
 proximity, but are never anchors. There is no momentum encoder.
 
+The queue's state is a `CrossCLRQueue`, a Keras layer: its variables are
+saved, restored and (on JAX) threaded through a jitted step like any layer's.
 The four queues share one write pointer, so row q of each always belongs to
 the same sample, also across wrap-around; only filled slots are used. Under a
 `tf.distribute` strategy the enqueued rows are the gathered global batch,
 every replica makes the same update, and the variables aggregate with
-ONLY_FIRST_REPLICA, so all replicas hold the same queue. The loss is a
-`tf.Module` so that `tf.train.Checkpoint(loss=loss)` saves the queue: Keras
-has no trackable base for a `Loss`.
+ONLY_FIRST_REPLICA, so all replicas hold the same queue.
 """
 import keras
-import tensorflow as tf
 from keras import ops
 
+from vt_keras.backend import counter_dtype
 from vt_keras.distributed import replica_gather
 from vt_keras.errors import ConfigError, UserError
 from vt_keras.losses.contrastive import unpack
-from vt_keras.losses.crossclr import check_inputs, crossclr_from_pool, crossclr_options
+from vt_keras.losses.crossclr import DEFAULTS, check_inputs, crossclr_from_pool, crossclr_options
+from vt_keras.ops import identity_gather
 
 INPUT_KEYS = ("video_emb", "text_emb", "video_features", "text_features")
 
 
 @keras.saving.register_keras_serializable(package="vt_keras")
-class CrossCLRLoss(keras.losses.Loss, tf.Module):
+class CrossCLRQueue(keras.layers.Layer):
+    """A ring buffer of CrossCLR negatives: past samples' embeddings and raw features.
+
+    Calling it returns the memory as it was and then writes the batch into
+    it, oldest rows first overwritten; a batch larger than the queue keeps its
+    last `size` rows. Nothing is trainable and no gradient flows through it.
+
+    Args:
+        size: the number of samples kept, ≥ 1.
+        **kwargs: `keras.layers.Layer` arguments (`name`, ...).
+
+    Call: `queue([video_emb [B, d], text_emb [B, d], video_features [B, F_v],
+    text_features [B, F_t]])` → the four stored tensors `[size, ·]` (float32)
+    and `filled`, a `[size]` boolean of the slots written so far.
+
+    Example:
+    >>> queue = CrossCLRQueue(5000)
+    >>> *stored, filled = queue([v_emb, t_emb, v_feat, t_feat])
+
+    Reference: Zolfaghari et al., "CrossCLR: Cross-modal Contrastive Learning
+    For Multi-modal Video Representations", ICCV 2021 (the queue variant).
+    """
+
+    def __init__(self, size, **kwargs):
+        kwargs.setdefault("dtype", "float32")  # the stored rows stay float32 under mixed precision
+        super().__init__(trainable=False, **kwargs)
+        if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+            raise ConfigError(f"CrossCLRQueue: size must be an integer ≥ 1; got {size!r}")
+        self.size = size
+        self.pointer = None
+        self.count = None
+
+    @property
+    def queues(self):
+        """The stored rows, `[video_emb, text_emb, video_features, text_features]`; None before `build`."""
+        if not self.built:
+            return None
+        return [getattr(self, f"queue_{key}") for key in INPUT_KEYS]
+
+    def build(self, input_shape):
+        if not isinstance(input_shape, (list, tuple)) or len(input_shape) != 4:
+            raise UserError(f"{self.name} (CrossCLRQueue): expected the four inputs {list(INPUT_KEYS)}; "
+                            f"found shape {input_shape}")
+        dims = tuple(shape[-1] for shape in input_shape)
+        if any(not isinstance(d, int) or d <= 0 for d in dims):
+            raise UserError(f"{self.name} (CrossCLRQueue): the queue needs static positive widths; got {dims}")
+
+        def variable(shape, dtype, name):
+            return self.add_weight(shape=shape, initializer="zeros", dtype=dtype, trainable=False,
+                                   autocast=False, aggregation="only_first_replica", name=name)
+
+        # One attribute each: a list attribute would hide them from TensorFlow checkpoints.
+        for d, key in zip(dims, INPUT_KEYS):
+            setattr(self, f"queue_{key}", variable((self.size, d), "float32", f"queue_{key}"))
+        # Integer counters like Keras' own step counters (int64 where the backend has it).
+        self.pointer = variable((), counter_dtype(), "queue_pointer")
+        self.count = variable((), counter_dtype(), "queue_count")
+
+    def call(self, rows):
+        for x, queue, key in zip(rows, self.queues, INPUT_KEYS):
+            if x.shape[-1] is not None and x.shape[-1] != queue.shape[-1]:
+                raise UserError(f"{self.name} (CrossCLRQueue): {key} has width {x.shape[-1]} but the "
+                                f"queue was built for {queue.shape[-1]}")
+        rows = [ops.stop_gradient(ops.cast(x, "float32")) for x in rows]
+        dtype = counter_dtype()
+        filled = ops.arange(self.size, dtype=dtype) < self.count.value
+        memory = [ops.stop_gradient(ops.convert_to_tensor(q.value)) for q in self.queues] + [filled]
+        # A static batch size stays a Python int (JAX needs static slice sizes);
+        # TensorFlow also takes a dynamic one.
+        count = rows[0].shape[0]
+        if count is None:
+            count = ops.shape(rows[0])[0]
+        # Rows beyond the capacity would overwrite each other: keep the last ones.
+        kept = min(count, self.size) if isinstance(count, int) else ops.minimum(count, self.size)
+        skipped = count - kept
+        slots = (self.pointer.value + ops.cast(skipped, dtype) + ops.arange(kept, dtype=dtype)) % self.size
+        for queue, new in zip(self.queues, rows):
+            queue.assign(ops.scatter_update(queue.value, slots[:, None], new[skipped:]))
+        self.pointer.assign((self.pointer.value + ops.cast(count, dtype)) % self.size)
+        self.count.assign(ops.minimum(self.count.value + ops.cast(count, dtype), self.size))
+        return memory
+
+    def reset(self):
+        """Empties the queue (the rows stay but are no longer used)."""
+        if self.built:
+            self.pointer.assign(0)
+            self.count.assign(0)
+
+    def compute_output_spec(self, rows):
+        return [keras.KerasTensor((self.size, x.shape[-1]), "float32") for x in rows] + [
+            keras.KerasTensor((self.size,), "bool")]
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(size=self.size)
+        return config
+
+
+@keras.saving.register_keras_serializable(package="vt_keras")
+class CrossCLRLoss(keras.losses.Loss):
     """CrossCLR loss (see `crossclr_loss`) with an optional queue of negatives.
 
     Trainers call `loss.compute(video_emb, text_emb, video_features,
@@ -39,15 +139,18 @@ class CrossCLRLoss(keras.losses.Loss, tf.Module):
     multi-output model, so `fit()` users add it from a layer instead:
     `self.add_loss(loss.compute(..., gather=replica_gather))`.
 
-    With a queue, create the loss (and call `build`) inside
-    `strategy.scope()`, before the first `tf.function` step; an eager first
-    call builds it too. Each `compute` uses the queue as it was, then
-    enqueues the batch.
+    With a queue, `loss.queue` is a `CrossCLRQueue` layer that holds the
+    state: create the loss (and call `build`) inside `strategy.scope()`,
+    before the first `tf.function` step (an eager first call builds it too);
+    checkpoint `loss.queue` (`tf.train.Checkpoint(queue=loss.queue)`); on
+    JAX, make it a sublayer of the model (an attribute of the layer that
+    calls `compute`) so that `fit` carries its state. Each `compute` uses the
+    queue as it was, then enqueues the batch.
 
     Args:
         temperature, weight_temperature, intra_weight, prune_threshold,
         reference_compat, num_positives, positive_weight: as in
-            `crossclr_loss`.
+            `crossclr_loss` (defaults: `vt_keras.losses.crossclr.DEFAULTS`).
         queue_size: number of past samples kept as negatives (0: no queue).
         name, reduction, dtype: as for `keras.losses.Loss`.
 
@@ -58,13 +161,18 @@ class CrossCLRLoss(keras.losses.Loss, tf.Module):
     >>> value = loss.compute(v_emb, t_emb, v_feat, t_feat)
     """
 
-    def __init__(self, temperature=0.03, weight_temperature=0.0035, intra_weight=0.8,
-                 prune_threshold=0.9, reference_compat=False, queue_size=0, num_positives=0,
-                 positive_weight=0.0, name="crossclr", reduction="sum_over_batch_size", dtype=None):
+    def __init__(self, temperature=DEFAULTS["temperature"],
+                 weight_temperature=DEFAULTS["weight_temperature"],
+                 intra_weight=DEFAULTS["intra_weight"],
+                 prune_threshold=DEFAULTS["prune_threshold"],
+                 reference_compat=DEFAULTS["reference_compat"], queue_size=0,
+                 num_positives=DEFAULTS["num_positives"],
+                 positive_weight=DEFAULTS["positive_weight"], name="crossclr",
+                 reduction="sum_over_batch_size", dtype=None):
         super().__init__(name=name, reduction=reduction, dtype=dtype)
-        self._options = crossclr_options(temperature, weight_temperature, intra_weight,
-                                         prune_threshold, reference_compat, num_positives,
-                                         positive_weight, where="CrossCLRLoss")
+        self.options = crossclr_options(temperature, weight_temperature, intra_weight,
+                                        prune_threshold, reference_compat, num_positives,
+                                        positive_weight, where="CrossCLRLoss")
         if not isinstance(queue_size, int) or isinstance(queue_size, bool) or queue_size < 0:
             raise ConfigError(f"CrossCLRLoss: queue_size must be an integer ≥ 0; got {queue_size!r}")
         self.temperature = temperature
@@ -75,79 +183,72 @@ class CrossCLRLoss(keras.losses.Loss, tf.Module):
         self.queue_size = queue_size
         self.num_positives = num_positives
         self.positive_weight = positive_weight
-        self.queues = None  # [video_emb, text_emb, video_features, text_features]
-        self.queue_pointer = None
-        self.queue_count = None
+        self.queue = CrossCLRQueue(queue_size, name=f"{name}_queue") if queue_size else None
 
-    # `keras.losses.Loss` assigns `self.name`; `tf.Module.name` is read-only.
+    # The queue's variables, under the names this class has always had.
     @property
-    def name(self):
-        return self._loss_name
+    def queues(self):
+        return None if self.queue is None else self.queue.queues
 
-    @name.setter
-    def name(self, value):
-        self._loss_name = value
+    @property
+    def queue_pointer(self):
+        return None if self.queue is None else self.queue.pointer
+
+    @property
+    def queue_count(self):
+        return None if self.queue is None else self.queue.count
 
     @property
     def built(self):
-        return self.queue_size == 0 or self.queues is not None
+        return self.queue is None or self.queue.built
 
     def build(self, video_emb_dim, text_emb_dim, video_feature_dim, text_feature_dim):
         """Creates the queue variables for inputs with these last dimensions."""
-        if self.built:
-            return
-        dims = (video_emb_dim, text_emb_dim, video_feature_dim, text_feature_dim)
-        if any(not isinstance(d, int) or d <= 0 for d in dims):
-            raise UserError(f"CrossCLRLoss.build: the queue needs static positive widths; got {dims}")
-
-        def variable(shape, dtype, name):
-            return keras.Variable(initializer="zeros", shape=shape, dtype=dtype, trainable=False,
-                                  autocast=False, aggregation="only_first_replica", name=name)
-
-        self.queues = [variable((self.queue_size, d), "float32", f"queue_{key}")
-                       for d, key in zip(dims, INPUT_KEYS)]
-        # int64 like Keras' own step counters, which also keeps them on any device.
-        self.queue_pointer = variable((), "int64", "queue_pointer")
-        self.queue_count = variable((), "int64", "queue_count")
+        if not self.built:
+            dims = (video_emb_dim, text_emb_dim, video_feature_dim, text_feature_dim)
+            self.queue.build([(None, d) for d in dims])
 
     def reset_queue(self):
         """Empties the queue (the rows stay but are no longer used)."""
-        if self.queues is not None:
-            self.queue_pointer.assign(0)
-            self.queue_count.assign(0)
+        if self.queue is not None:
+            self.queue.reset()
 
     def compute(self, video_emb, text_emb, video_features, text_features, gather=None):
         """The loss of one batch; see the class docstring."""
         inputs = check_inputs("CrossCLRLoss", video_emb, text_emb, video_features, text_features)
-        gather = gather or (lambda x, axis=0: x)
+        gather = gather or identity_gather
         batch = [gather(x) for x in inputs]
-        if self.queue_size == 0:
-            return crossclr_from_pool(batch, None, self._options)
-        if not self.built:
-            self.build(*[x.shape[-1] for x in inputs])
-        for x, queue, key in zip(batch, self.queues, INPUT_KEYS):
-            if x.shape[-1] is not None and x.shape[-1] != queue.shape[-1]:
-                raise UserError(
-                    f"CrossCLRLoss: {key} has width {x.shape[-1]} but the queue was built for "
-                    f"{queue.shape[-1]}"
-                )
-        filled = ops.arange(self.queue_size, dtype="int64") < self.queue_count.value
-        memory = [ops.convert_to_tensor(q) for q in self.queues] + [filled]
-        loss = crossclr_from_pool(batch, memory, self._options)
-        self._enqueue([ops.stop_gradient(ops.cast(x, "float32")) for x in batch])
-        return loss
+        if self.queue is None:
+            return crossclr_from_pool(batch, None, self.options)
+        return crossclr_from_pool(batch, self.queue(batch), self.options)
 
-    def _enqueue(self, rows):
-        size = self.queue_size
-        count = ops.cast(ops.shape(rows[0])[0], "int64")
-        # Rows beyond the capacity would overwrite each other: keep the last ones.
-        kept = ops.minimum(count, size)
-        skipped = count - kept
-        slots = (self.queue_pointer.value + skipped + ops.arange(kept, dtype="int64")) % size
-        for queue, new in zip(self.queues, rows):
-            queue.assign(ops.scatter_update(queue.value, slots[:, None], new[skipped:]))
-        self.queue_pointer.assign((self.queue_pointer.value + count) % size)
-        self.queue_count.assign(ops.minimum(self.queue_count.value + count, size))
+    def stateless_compute(self, queue_state, video_emb, text_emb, video_features, text_features,
+                          gather=None):
+        """`compute` as a pure function of the queue's state, for `jax.jit`-style steps.
+
+        Args:
+            queue_state: the values of `loss.queue.non_trainable_variables`
+                (build the loss first); ignored without a queue.
+            video_emb, text_emb, video_features, text_features, gather: as
+                for `compute`.
+
+        Returns:
+            `(loss, new_queue_state)`; the queue's variables are not changed.
+
+        Example:
+        >>> state = [v.value for v in loss.queue.non_trainable_variables]
+        >>> value, state = loss.stateless_compute(state, v_emb, t_emb, v_feat, t_feat)
+        """
+        inputs = check_inputs("CrossCLRLoss", video_emb, text_emb, video_features, text_features)
+        gather = gather or identity_gather
+        batch = [gather(x) for x in inputs]
+        if self.queue is None:
+            return crossclr_from_pool(batch, None, self.options), queue_state
+        if not self.queue.built:
+            raise UserError("CrossCLRLoss.stateless_compute: build the loss first (loss.build(...)), so "
+                            "that loss.queue.non_trainable_variables exist")
+        memory, queue_state = self.queue.stateless_call([], queue_state, batch)
+        return crossclr_from_pool(batch, memory, self.options), queue_state
 
     def call(self, y_true, y_pred):
         del y_true

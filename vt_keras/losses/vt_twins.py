@@ -22,8 +22,10 @@ import functools
 import keras
 import numpy as np
 
+from vt_keras.backend import stateless_uniform
 from vt_keras.errors import ConfigError, UserError
 from vt_keras.losses.soft_dtw import soft_dtw
+from vt_keras.ops import l2_normalize
 
 _MAX_PERMUTATIONS = 20000
 
@@ -60,12 +62,6 @@ def _compact(x, mask):
     x = keras.ops.take_along_axis(x, order[:, :, None], axis=1)
     valid = keras.ops.arange(steps)[None, :] < keras.ops.sum(keras.ops.cast(mask, "int32"), axis=1)[:, None]
     return keras.ops.where(valid[:, :, None], x, keras.ops.zeros_like(x))
-
-
-def _l2_normalize(x):
-    # rsqrt(max(|x|², ε)) keeps zeroed padding rows finite in value and gradient.
-    sq = keras.ops.sum(keras.ops.square(x), axis=-1, keepdims=True)
-    return x * keras.ops.rsqrt(keras.ops.maximum(sq, 1e-12))
 
 
 def _shift(x, axis, fill):
@@ -171,8 +167,15 @@ def temporal_augment(x, lengths, max_shift=2, sharpness=50.0, seed=None):
     or past `lengths` (padding, at the end) stay in place. Gradients flow to
     `x` through the reordering; the draw itself is not differentiated.
 
+    `seed` is an int, a `keras.random.SeedGenerator`, None (Keras' global
+    generator) or a stateless seed: an integer tensor of shape `[2]`, whose
+    draws are a pure function of it and touch no generator state. Derive it
+    from the step (and the replica) where a `SeedGenerator`'s state cannot
+    be updated, e.g. inside a `tf.distribute` replica.
+
     Example:
         >>> clips = temporal_augment(clips, lengths, seed=keras.random.SeedGenerator(0))
+        >>> clips = temporal_augment(clips, lengths, seed=keras.ops.array([step, replica], "int32"))
 
     Implements the `TDA` module of the VT-TWINS release (Ko et al. 2022),
     which the release itself leaves switched off.
@@ -193,7 +196,7 @@ def temporal_augment(x, lengths, max_shift=2, sharpness=50.0, seed=None):
         axis=2,
     )
     logits = keras.ops.where(moves_padding, -np.inf, -sharpness * keras.ops.cast(score, "float32"))
-    choice = keras.random.categorical(logits, 1, seed=seed)[:, 0]
+    choice = _draw(logits, seed)
     order = keras.ops.take(perms, choice, axis=0)
     return keras.ops.take_along_axis(x, order[:, :, None], axis=1)
 
@@ -236,7 +239,8 @@ def vt_twins_loss(
         augment: the released code's temporal data augmentation (off there
             and here by default), applied to this replica's examples before
             the gather; see `temporal_augment`.
-        seed: seed for `augment` (an int or a `keras.random.SeedGenerator`).
+        seed: seed for `augment`: an int, a `keras.random.SeedGenerator` or
+            a stateless seed tensor `[2]` (see `temporal_augment`).
 
     Returns:
         `mean_p [logsumexp_q(−S[p, q]/τ) + S[p, p]/τ]`.
@@ -252,8 +256,8 @@ def vt_twins_loss(
     video, text, video_mask, text_mask = _checked(video, text, video_mask, text_mask)
     # Zero padding before normalising: NaN or huge padding must not reach
     # the values or the gradients.
-    video = _compact(_l2_normalize(keras.ops.where(video_mask[:, :, None], video, 0.0)), video_mask)
-    text = _compact(_l2_normalize(keras.ops.where(text_mask[:, :, None], text, 0.0)), text_mask)
+    video = _compact(l2_normalize(keras.ops.where(video_mask[:, :, None], video, 0.0)), video_mask)
+    text = _compact(l2_normalize(keras.ops.where(text_mask[:, :, None], text, 0.0)), text_mask)
     video_lengths = keras.ops.sum(keras.ops.cast(video_mask, "int32"), axis=1)
     text_lengths = keras.ops.sum(keras.ops.cast(text_mask, "int32"), axis=1)
     if augment:
@@ -274,8 +278,27 @@ def vt_twins_loss(
     return loss
 
 
+def _is_stateless(seed):
+    return seed is not None and not isinstance(seed, (int, keras.random.SeedGenerator))
+
+
+def _draw(logits, seed):
+    """One category per row of `logits` `[B, P]` (int `[B]`), seeded as `temporal_augment` says."""
+    if not _is_stateless(seed):
+        return keras.random.categorical(logits, 1, seed=seed)[:, 0]
+    # Gumbel-max over stateless uniforms: argmax(logits + G) is distributed as softmax(logits).
+    uniform = stateless_uniform(keras.ops.shape(logits), seed)
+    gumbel = -keras.ops.log(-keras.ops.log(keras.ops.clip(uniform, 1e-20, 1.0)))
+    return keras.ops.argmax(logits + gumbel, axis=-1)
+
+
 def _next_seed(seed):
-    return seed + 1 if isinstance(seed, int) else seed
+    """The captions' seed: another stream than the clips' (a SeedGenerator advances by itself)."""
+    if isinstance(seed, int):
+        return seed + 1
+    if _is_stateless(seed):
+        return keras.ops.convert_to_tensor(seed, "int32") + keras.ops.convert_to_tensor([0, 1], "int32")
+    return seed
 
 
 @keras.saving.register_keras_serializable(package="vt_keras")

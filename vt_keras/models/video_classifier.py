@@ -35,8 +35,9 @@ frozen (not trainable, always run with `training=False`).
 `model.branch_units > 0` gives each modality a learned frame embedding
 (a per-frame dense layer with ReLU) before the fusion, and
 `model.cka.weight = λ > 0` puts `CKAAlignment(**model.cka)` on those two
-embedding sequences (Yun et al.): `-λ · CKA(video, audio)` joins the loss and
-`cka` the training scalars. The correlation tower always sees the raw frames.
+embedding sequences (Yun et al.): `alignment_view(model)` returns its
+`-λ · CKA(video, audio)` beside the probabilities, the task adds it to the
+loss, and `cka` joins the training scalars. The correlation tower always sees the raw frames.
 
 The pooled vector goes through an optional hidden layer and context gating
 (`ContextGating(**model.context_gating)`) into a
@@ -264,8 +265,24 @@ def _branches(model_cfg, features, frames, mask):
     if not units:
         raise ConfigError("model.cka.weight > 0 aligns the learned frame embeddings of the two branches; "
                           "set model.branch_units (e.g. 256): the raw features have no weights to align")
-    video, audio = CKAAlignment(**cka, name=CKA_LAYER)((frames[0], frames[1]), mask=(mask, mask))
+    # return_loss: the term is an output, not an add_loss, so that each replica adds its own share
+    # (see `alignment_view`); the classifier's own output stays the probabilities.
+    video, audio, _ = CKAAlignment(**cka, name=CKA_LAYER)((frames[0], frames[1]), mask=(mask, mask),
+                                                          return_loss=True)
     return [video, audio]
+
+
+def alignment_view(model):
+    """A model sharing `model`'s layers that returns `(probabilities, alignment_loss)`, or None without CKA.
+
+    `alignment_loss` is `CKAAlignment`'s `-λ · CKA` of the global batch; a
+    training step adds it once over the replicas (`StepContext.global_scalar`).
+    """
+    try:
+        layer = model.get_layer(CKA_LAYER)
+    except ValueError:
+        return None
+    return keras.Model(model.inputs, [model.output, layer.output[2]], name=f"{model.name}_with_alignment")
 
 
 def _concat_over_time(frames, embedding):

@@ -59,6 +59,8 @@ class CrossCLRState(tf.Module):
     def __init__(self, local, global_, local_weight, global_weight):
         super().__init__(name="crossclr_state")
         self.local = local
+        # The queue (a Keras layer) is what a checkpoint must carry; the loss itself is not trackable.
+        self.local_queue = local.queue
         self.global_ = global_
         self.local_weight = local_weight
         self.global_weight = global_weight

@@ -15,7 +15,8 @@ from vt_keras.data import synthetic, yt8m
 from vt_keras.data.taxonomy import Taxonomy, find_taxonomy, load_taxonomy
 from vt_keras.errors import ConfigError
 from vt_keras.metrics.yt8m import YT8MMetrics, format_table
-from vt_keras.models.video_classifier import CKA_LAYER, TOWER_LAYER, build_tower_model, build_video_classifier
+from vt_keras.models.video_classifier import (CKA_LAYER, TOWER_LAYER, alignment_view, build_tower_model,
+                                              build_video_classifier)
 from vt_keras.train import checkpoints
 from vt_keras.train.checkpoints import track_variables
 from vt_keras.train.task import TASKS, Task, fill_default_data
@@ -41,6 +42,10 @@ def _as_list(value):
 @TASKS.register("yt8m")
 class YT8MClassification(Task):
     """Multi-label classification of frame-level YouTube-8M records."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self._alignment_views = {}  # id(model) -> alignment_view(model), built on first use
 
     @classmethod
     def prepare_config(cls, config, log=print):
@@ -129,14 +134,20 @@ class YT8MClassification(Task):
         return inputs
 
     def loss_fn(self, model, batch, ctx):
-        probs = model(self.model_inputs(batch), training=True)
-        per_example = multilabel_cross_entropy(batch["labels"], probs)
-        metrics = {}
+        metrics, alignment = {}, 0.0
         if self.config.model.cka.weight > 0:
-            # The CKA of this step's global batch; its -λ·CKA is in model.losses.
+            view = self._alignment_views.get(id(model))
+            if view is None:
+                view = self._alignment_views[id(model)] = alignment_view(model)
+            probs, term = view(self.model_inputs(batch), training=True)
+            # -λ·CKA of this step's global batch, added once over the replicas.
+            alignment = ctx.global_scalar(tf.cast(term, tf.float32))
             metrics["cka"] = tf.identity(model.get_layer(CKA_LAYER).last_cka)
+        else:
+            probs = model(self.model_inputs(batch), training=True)
+        per_example = multilabel_cross_entropy(batch["labels"], probs)
         # main_weight is 0 during the CKA-only warm-up (train.cka_warmup_steps).
-        return ctx.main_weight * ctx.mean_over_global_batch(per_example), metrics
+        return ctx.main_weight * ctx.mean_over_global_batch(per_example) + alignment, metrics
 
     def predict(self, model, pattern, batch_size=None, with_ids=False):
         """Yields `(ids, probabilities, labels)` numpy batches over the files of `pattern`."""
