@@ -295,3 +295,33 @@ def test_trains_under_mixed_precision(data, cache, tmp_path, precision):
                                  log=quiet)
     assert results["step"] == 2
     assert all(v.dtype == "float32" for v in model.trainable_variables)
+
+
+def test_a_truncated_training_file_stops_naming_it_or_is_skipped(data, cache, tmp_path):
+    """data.skip_corrupt_records (bin/train --skip_corrupt_records) reaches the video-text reader."""
+    import glob
+    import shutil
+
+    from vt_keras.data.checks import data_counters, reset_data_counters
+    from vt_keras.errors import DataError
+
+    files = sorted(glob.glob(data[0]))
+    damaged_dir = tmp_path / "damaged"
+    damaged_dir.mkdir()
+    for path in files:
+        shutil.copy(path, damaged_dir)
+    victim = damaged_dir / os.path.basename(files[0])
+    victim.write_bytes(victim.read_bytes()[:-100])  # cut inside the last record
+    pattern = str(damaged_dir / "train-*.tfrecord")
+    strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
+    # The vocabulary comes from the intact files (bin/train builds it with the same reader and flag).
+    config = tiny_config(data, cache_dir=cache)
+    config.data.train_pattern = pattern
+    with pytest.raises(DataError, match=rf"{os.path.basename(files[0])}' is truncated or corrupt"):
+        tasks.train(config, str(tmp_path / "stop"), strategy=strategy, log=quiet)
+    reset_data_counters()
+    config = tiny_config(data, cache_dir=cache, **{"data.skip_corrupt_records": True, "train.num_steps": 10})
+    config.data.train_pattern = pattern
+    results, _ = tasks.train(config, str(tmp_path / "skip"), strategy=strategy, log=quiet)
+    assert results["step"] == 10
+    assert data_counters().get("skipped_corrupt_files", 0) >= 1

@@ -34,7 +34,7 @@ class OrderedYT8M(YT8MClassification):
             batch = next(iter(self.dataset(self.config.data.train_pattern, 100_000)))
         return {k: v.numpy() for k, v in batch.items()}
 
-    def train_dataset(self, input_context):
+    def train_dataset(self, input_context, skip_batches=0):
         replicas = input_context.num_replicas_in_sync
         per_pipeline = replicas // input_context.num_input_pipelines
         pipeline = input_context.input_pipeline_id
@@ -43,7 +43,7 @@ class OrderedYT8M(YT8MClassification):
         # Chunk c goes to replica c mod replicas; this pipeline feeds replicas
         # [pipeline * per_pipeline, (pipeline + 1) * per_pipeline).
         mine = chunks.enumerate().filter(lambda c, _: (c % replicas) // per_pipeline == pipeline)
-        return mine.map(lambda c, batch: batch)
+        return mine.map(lambda c, batch: batch).skip(skip_batches)
 
 
 def _bad_from_step_3(value):

@@ -334,10 +334,11 @@ def video_text_dataset(file_pattern, batch_size, *, clip_dim, max_clips=16, clip
                           cycle_length=cycle_length, deterministic=deterministic, skip_batches=skip_batches)
 
 
-def read_captions(file_pattern):
+def read_captions(file_pattern, skip_corrupt_records=False):
     """Yields every caption (str) of the records matching `file_pattern`.
 
-    Meant for `vt_keras.text.build_vocabulary` over the training split.
+    Meant for `vt_keras.text.build_vocabulary` over the training split;
+    `skip_corrupt_records` as in `video_text_dataset`.
     """
     spec = {"caption": tf.io.RaggedFeature(tf.string)}
 
@@ -346,6 +347,6 @@ def read_captions(file_pattern):
         return seqs["caption"].flat_values
 
     with data_errors():
-        for captions in record_dataset(file_pattern, 256, parse):
+        for captions in record_dataset(file_pattern, 256, parse, skip_corrupt_records=skip_corrupt_records):
             for caption in captions.numpy():
                 yield caption.decode("utf-8")

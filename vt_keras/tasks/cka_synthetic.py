@@ -173,9 +173,11 @@ class CKASynthetic(Task):
         """`build_encoders(data.dim, **model)`."""
         return track_variables(build_encoders(self.config.data.dim, **self.config.model))
 
-    def train_dataset(self, input_context):
+    def train_dataset(self, input_context, skip_batches=0):
         per_replica = input_context.get_per_replica_batch_size(int(self.config.train.batch_size))
-        return train_dataset(self.pairs()["train"], per_replica, seed=self.data_seed, input_context=input_context)
+        # In-memory pairs: skipping costs no parsing.
+        return train_dataset(self.pairs()["train"], per_replica, seed=self.data_seed,
+                             input_context=input_context).skip(skip_batches)
 
     @tf.autograph.experimental.do_not_convert
     def loss_fn(self, model, batch, ctx):

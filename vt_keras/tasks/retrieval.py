@@ -122,7 +122,7 @@ def prepare_vocabulary(config, cache_dir=None, log=print):
     if d.vocabulary:
         tokens = load_vocabulary(d.vocabulary)
     else:
-        tokens = build_vocabulary(read_captions(d.train_pattern), max_size=d.vocabulary_max_size or None,
+        tokens = build_vocabulary(read_captions(d.train_pattern, d.skip_corrupt_records), max_size=d.vocabulary_max_size or None,
                                   min_count=d.vocabulary_min_count)
         if not tokens:
             raise DataError(f"data.train_pattern={d.train_pattern}: no caption word occurs "
@@ -141,20 +141,19 @@ def prepare_vocabulary(config, cache_dir=None, log=print):
     return tokens
 
 
-def records(config, pattern, batch_size, training=False, input_context=None, seed=None):
+def records(config, pattern, batch_size, training=False, input_context=None, seed=None, skip_batches=0):
     """The parsed video–text records of `pattern` as `config.data` describes them.
 
     Training batches are shuffled, repeated and of one size; evaluation
-    batches keep the file order and every record.
+    batches keep the file order and every record. `skip_batches` drops the
+    stream's first batches before they are parsed (a resumed run).
     """
     d = config.data
-    if d.skip_corrupt_records:
-        raise ConfigError("data.skip_corrupt_records=True: the video-text reader cannot skip corrupt records; "
-                          "expected False (a damaged file then stops the run, naming it)")
     return video_text_dataset(
         pattern, batch_size, clip_dim=d.clip_dim, max_clips=d.max_clips, clip_encoding=d.clip_encoding,
         shuffle=training, repeat=training, drop_remainder=training, input_context=input_context, seed=seed,
-        expert_features=tuple(d.expert_features), shuffle_buffer=d.shuffle_buffer)
+        expert_features=tuple(d.expert_features), shuffle_buffer=d.shuffle_buffer,
+        skip_corrupt_records=d.skip_corrupt_records, skip_batches=skip_batches)
 
 
 @TASKS.register(TASK_NAME)
@@ -206,14 +205,14 @@ class RetrievalTask(Task):
         # The Transformer blocks live in Python lists: make them reach checkpoints.
         return track_variables(model)
 
-    def dataset(self, pattern, batch_size, training=False, input_context=None):
+    def dataset(self, pattern, batch_size, training=False, input_context=None, skip_batches=0):
         return records(self.config, pattern, batch_size, training=training, input_context=input_context,
-                       seed=self.data_seed)
+                       seed=self.data_seed, skip_batches=skip_batches)
 
-    def train_dataset(self, input_context):
+    def train_dataset(self, input_context, skip_batches=0):
         per_replica = input_context.get_per_replica_batch_size(int(self.config.train.batch_size))
         return self.dataset(self.config.data.train_pattern, per_replica, training=True,
-                            input_context=input_context)
+                            input_context=input_context, skip_batches=skip_batches)
 
     @staticmethod
     def model_inputs(batch):

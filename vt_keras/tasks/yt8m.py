@@ -115,18 +115,18 @@ class YT8MClassification(Task):
                                      model=tower_model)
         model.get_layer(TOWER_LAYER).set_weights(tower_model.get_layer(TOWER_LAYER).get_weights())
 
-    def dataset(self, pattern, batch_size, training=False, input_context=None):
+    def dataset(self, pattern, batch_size, training=False, input_context=None, skip_batches=0):
         d = self.config.data
         return yt8m.frame_dataset(
             pattern, batch_size, features=self.features, max_frames=self.max_frames,
             num_classes=self.num_classes, shuffle=training, repeat=training, drop_remainder=training,
-            input_context=input_context, seed=self.data_seed,
+            input_context=input_context, seed=self.data_seed, skip_batches=skip_batches,
             skip_corrupt_records=d.skip_corrupt_records, l2_normalize=d.l2_normalize)
 
-    def train_dataset(self, input_context):
+    def train_dataset(self, input_context, skip_batches=0):
         per_replica = input_context.get_per_replica_batch_size(int(self.config.train.batch_size))
         return self.dataset(self.config.data.train_pattern, per_replica, training=True,
-                            input_context=input_context)
+                            input_context=input_context, skip_batches=skip_batches)
 
     def model_inputs(self, batch):
         inputs = {name: batch[name] for name, _ in self.features}

@@ -115,9 +115,8 @@ def train(task, workdir, strategy=None, log=print):
     def dataset_fn(input_context):
         # Each input pipeline feeds num_replicas / num_pipelines replicas, one
         # batch each per step: skip what the interrupted run consumed.
-        ds = task.train_dataset(input_context)
         per_step = input_context.num_replicas_in_sync // input_context.num_input_pipelines
-        return ds.skip(start_step * per_step) if start_step else ds
+        return task.train_dataset(input_context, skip_batches=start_step * per_step)
 
     iterator = iter(strategy.distribute_datasets_from_function(dataset_fn))
     jit_compile = bool(tcfg.jit_compile)

@@ -57,9 +57,9 @@ class Task:
 
     def __init__(self, config):
         self.config = config
-        # The loop sets this before building datasets: config.seed plus the
-        # step a resumed run starts from, so a resume does not replay data.
-        self.data_seed = int(config.get("seed", 0))
+        # The seed of the training data stream (shuffles); a resumed run
+        # skips what it consumed instead of reshuffling.
+        self.data_seed = int(config.seed)
 
     @classmethod
     def prepare_config(cls, config, log=print):
@@ -74,13 +74,17 @@ class Task:
         """Returns an (unbuilt or built) `keras.Model`."""
         raise NotImplementedError
 
-    def train_dataset(self, input_context):
+    def train_dataset(self, input_context, skip_batches=0):
         """A `tf.data.Dataset` of per-replica batches for one input pipeline.
 
         `input_context` is a `tf.distribute.InputContext`: shard files by
         `input_pipeline_id` / `num_input_pipelines` and batch with
         `get_per_replica_batch_size(config.train.batch_size)`; repeat forever
-        and drop the remainder so every replica sees the same shapes.
+        and drop the remainder so every replica sees the same shapes. The
+        stream must be a function of `config.seed` (`self.data_seed`), and
+        its first `skip_batches` batches are left out, before parsing where
+        the reader allows (the readers' `skip_batches`): a resumed run
+        continues where the interrupted one stopped.
         """
         raise NotImplementedError
 
