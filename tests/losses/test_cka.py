@@ -65,10 +65,15 @@ def xy(rng):
 # --- values
 
 
-def test_reference_values_from_the_reference_page():
+def test_reference_values():
+    # Values of Kornblith et al.'s estimators on this input (also in docs/cka.md); their derivation
+    # is np_cka above, the float64 gram form written from the definitions, checked here first.
     np.random.seed(1337)
     x = np.random.randn(100, 10)
     y = np.random.randn(100, 10) + x
+    assert np_cka(x, y) == pytest.approx(0.55761, abs=1e-5)
+    assert np_cka(x, y, kernel="rbf", threshold=0.5) == pytest.approx(0.65483, abs=1e-5)
+    assert np_cka(x, y, debiased=True) == pytest.approx(0.51346, abs=1e-5)
     x, y = x.astype("float32"), y.astype("float32")
     assert float(cka(x, y)) == pytest.approx(0.55761, abs=1e-5)
     assert float(cka(x, y, kernel="rbf", rbf_threshold=0.5)) == pytest.approx(0.65483, abs=1e-5)

@@ -12,7 +12,10 @@ from vt_keras.losses.contrastive import info_nce
 from vt_keras.losses.crossclr import DEFAULTS, PRESETS, crossclr_loss
 from vt_keras.losses.crossclr_queue import CrossCLRLoss
 
-# The worked example of the project's reference notes (released-code mode).
+# A worked example in released-code mode. Its values (0.0307381487 at τ = 0.10, 2.31566e-05 at
+# τ = 0.03, λ = 0.8, κ = 0.0035, γ = 0.9) are what the authors' released code computes; their
+# derivation here is tests/losses/crossclr_reference.py, a float64 loop re-implementation of that
+# code, which test_released_code_worked_values checks first.
 VIDEO = np.array([[1, 0, 0.5], [0, 1, 0.2], [1, 1, 0], [0.3, -0.5, 1]])
 TEXT = np.array([[0.9, 0.1, 0.4], [0.2, 1, 0], [1, 0.8, -0.2], [0, -0.4, 1.1]])
 VIDEO_FEAT = np.array([[1, 2], [2, 1], [1, 1], [3, 0.5]])
@@ -38,7 +41,7 @@ def _random_batch(rng, batch=8, dim=6, video_width=5, text_width=7):
 
 @pytest.mark.parametrize("temperature, expected", [(0.10, 0.0307381487), (0.03, 2.31566e-05)])
 def test_released_code_worked_values(temperature, expected):
-    decimals = 6e-11  # half a unit of the last digit the notes print
+    decimals = 6e-11  # half a unit of the last printed digit
     assert _reference(EXAMPLE, temperature, compat=True) == pytest.approx(expected, abs=decimals)
     got = crossclr_loss(*EXAMPLE, temperature=temperature, reference_compat=True, **OPTIONS)
     assert float(got) == pytest.approx(expected, abs=decimals)

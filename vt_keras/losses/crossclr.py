@@ -21,8 +21,8 @@ non-influential samples of `λ·s·(1 - I)`, so a non-influential anchor also
 keeps its own intra entry as a logit of 0 (the supplement's pseudocode
 selects columns of `l_vv·mask`). Influential there means `ĉ ≥ γ` (kept:
 `ĉ < γ`); the paper's mode prunes `ĉ > γ`, so `γ = 1` prunes nothing. This
-reading reproduces the worked values of the project's reference notes to all
-their digits. Those values fix the denominators of influential anchors,
+reading reproduces the released code's worked values (tests/losses/test_crossclr.py)
+to all their digits. Those values fix the denominators of influential anchors,
 which carry almost all the weight at κ = 0.0035; readings that differ only
 for non-influential anchors agree with them to ~1e-11.
 
