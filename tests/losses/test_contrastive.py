@@ -8,7 +8,9 @@ from tests.losses.replicas import mirrored_loss_and_grads, mirrored_strategy, si
 from vt_keras.errors import ConfigError, UserError
 from vt_keras.losses.contrastive import InfoNCELoss, info_nce
 
-# The example embeddings of the project's reference notes (CrossCLR section).
+# The CrossCLR tests' example embeddings. The worked values below (symmetric CLIP InfoNCE at
+# τ = 0.10 and 0.03) are derived by reference_info_nce, float64 loops from the definition,
+# which test_worked_values checks first.
 VIDEO = np.array([[1, 0, 0.5], [0, 1, 0.2], [1, 1, 0], [0.3, -0.5, 1]])
 TEXT = np.array([[0.9, 0.1, 0.4], [0.2, 1, 0], [1, 0.8, -0.2], [0, -0.4, 1.1]])
 
@@ -30,7 +32,7 @@ def reference_info_nce(video, text, temperature, normalize=True):
 
 @pytest.mark.parametrize("temperature, expected", [(0.10, 0.0849418967), (0.03, 0.0025286481)])
 def test_worked_values(temperature, expected):
-    # The notes give 8 significant digits: half a unit of the last one.
+    # 8 significant digits are kept: half a unit of the last one.
     assert reference_info_nce(VIDEO, TEXT, temperature) == pytest.approx(expected, abs=6e-11)
     assert float(info_nce(VIDEO, TEXT, temperature)) == pytest.approx(expected, abs=6e-11)
     value32 = float(info_nce(VIDEO.astype("float32"), TEXT.astype("float32"), temperature))
