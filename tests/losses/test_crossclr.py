@@ -187,7 +187,7 @@ def test_two_replicas_match_one_device(rng, logical_cpus):
 
 
 def test_one_source_of_defaults():
-    # The supplement's Table 1 (the project's reference notes, section 7).
+    # The CrossCLR supplement's Table 1 (Zolfaghari et al., ICCV 2021): LSMDC and YouCook2 choices.
     assert PRESETS["youcook2"] == dict(temperature=0.03, weight_temperature=35e-4, intra_weight=0.8,
                                        prune_threshold=0.9, queue_size=5000)
     assert PRESETS["lsmdc"] == dict(temperature=0.03, weight_temperature=55e-4, intra_weight=0.65,
