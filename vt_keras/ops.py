@@ -6,6 +6,8 @@ Backend-neutral (`keras.ops` only): they run on TensorFlow, JAX and PyTorch.
   convention of `tf.math.l2_normalize`. The ε inside the root keeps an
   all-zero row (padding, an empty NetVLAD cluster) at 0 with a finite
   gradient instead of NaN.
+- `l2_normalize_concat(tensors)`: unit norm of the concatenation (YouTube-8M's
+  per-frame input normalisation).
 - `masked_mean(x, mask, axis=1)`: the mean over the valid positions, zeros
   for a row without any.
 - `identity_gather(x, axis=0)`: the `gather` of a single device.
@@ -29,6 +31,27 @@ def l2_normalize(x, axis=-1, epsilon=1e-12):
     """
     squares = ops.sum(ops.square(x), axis=axis, keepdims=True)
     return x * ops.rsqrt(ops.maximum(squares, ops.cast(epsilon, squares.dtype)))
+
+
+def l2_normalize_concat(tensors, epsilon=1e-12):
+    """Scales each of `tensors` by one over the norm of their concatenation along the last axis.
+
+    The YouTube-8M starter code's input normalisation: each frame's rgb and
+    audio vectors together get unit norm.
+
+    Args:
+        tensors: float tensors `[..., d_i]` with the same leading shape.
+        epsilon: floor of the squared norm (an all-zero frame stays zero).
+
+    Returns:
+        The list of scaled tensors.
+
+    Example:
+    >>> rgb, audio = l2_normalize_concat([rgb, audio])
+    """
+    squares = sum(ops.sum(ops.square(t), axis=-1, keepdims=True) for t in tensors)
+    inv = ops.rsqrt(ops.maximum(squares, ops.cast(epsilon, squares.dtype)))
+    return [t * inv for t in tensors]
 
 
 def masked_mean(x, mask=None, axis=1):

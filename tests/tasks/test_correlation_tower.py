@@ -121,7 +121,8 @@ def test_loss_is_weighted_cross_entropy_over_positives_and_kept_negatives(data):
     # Every shift's pairs in one call: row block k pairs video i with audio (i - k) mod 16.
     src = (np.arange(16)[None, :] - np.arange(16)[:, None]) % 16
     flat = src.reshape(-1)
-    probs = model({"rgb": tf.tile(batch["rgb"], [16, 1, 1]), "audio": tf.gather(batch["audio"], flat),
+    frames = task.model_inputs(batch)  # the dataset yields uint8 codes; the model takes dequantized frames
+    probs = model({"rgb": tf.tile(frames["rgb"], [16, 1, 1]), "audio": tf.gather(frames["audio"], flat),
                    "video_mask": tf.tile(batch["mask"], [16, 1]), "audio_mask": tf.gather(batch["mask"], flat)})
     probs = np.asarray(probs["probability"], np.float64).clip(1e-7, 1 - 1e-7).reshape(16, 16)
     p_pos = probs[0]

@@ -17,7 +17,9 @@ Example:
 import numpy as np
 import tensorflow as tf
 
-__all__ = ["dequantize", "quantize"]
+from vt_keras.ops import l2_normalize_concat
+
+__all__ = ["dequantize", "dequantize_frames", "quantize"]
 
 
 def dequantize(q, max_quantized_value=2.0, min_quantized_value=-2.0):
@@ -43,6 +45,33 @@ def dequantize(q, max_quantized_value=2.0, min_quantized_value=-2.0):
             return tf.quantization.dequantize(tf.bitcast(q, tf.quint8), bias, bias + span, mode="MIN_COMBINED")
         return tf.cast(q, tf.float32) * scale + bias
     return (np.asarray(q, np.float32) * np.float32(scale) + np.float32(bias)).astype(np.float32)
+
+
+def dequantize_frames(codes, mask, l2_normalize=False):
+    """Frames as the float32 readers give them, from uint8 codes and the frame mask: the model's first step.
+
+    `frame_dataset(..., dtype="uint8")` leaves the frames as codes (padded
+    with code 0); this dequantizes them, zeroes the frames the mask marks as
+    padding, and optionally L2-normalises each frame's concatenated features
+    (the starter code's input normalisation): the same float32 values, bit
+    for bit, as `frame_dataset(..., dtype="float32", l2_normalize=...)`. Run
+    inside the training step it executes on the accelerator (and fuses into
+    one kernel under XLA).
+
+    Args:
+        codes: uint8 tensors `[B, T, dim_i]`, one per feature.
+        mask: bool `[B, T]`, True for real frames.
+        l2_normalize: normalise the concatenation of all features per frame.
+
+    Returns:
+        The list of float32 tensors `[B, T, dim_i]`.
+
+    Example:
+        >>> rgb, audio = dequantize_frames([batch["rgb"], batch["audio"]], batch["mask"])
+    """
+    mask = tf.cast(mask, tf.bool)[:, :, None]
+    values = [tf.where(mask, dequantize(q), 0.0) for q in codes]
+    return l2_normalize_concat(values) if l2_normalize else values
 
 
 def quantize(x, max_quantized_value=2.0, min_quantized_value=-2.0):

@@ -40,11 +40,13 @@ from vt_keras.data.checks import (assert_rows, data_counters, data_errors, descr
                                   reset_data_counters)
 from vt_keras.data.files import list_files
 from vt_keras.data.pipeline import record_dataset
-from vt_keras.data.quantization import dequantize, quantize
-from vt_keras.data.yt8m_writers import (FrameExampleWriter, VideoExampleWriter, make_frame_example,
-                                        make_video_example, write_frame_records, write_video_records)
+from vt_keras.data.quantization import dequantize, dequantize_frames, quantize  # noqa: F401
 from vt_keras.data.yt8m_fields import (context_spec, multi_hot_labels, normalize_features, pick_ids,
                                        segment_ratings, where)
+from vt_keras.data.yt8m_writers import (FrameExampleWriter, VideoExampleWriter, make_frame_example,
+                                        make_video_example, write_frame_records, write_video_records)
+from vt_keras.errors import ConfigError
+from vt_keras.ops import l2_normalize_concat  # noqa: F401  (also public here)
 
 FRAME_FEATURES = (("rgb", 1024), ("audio", 128))
 VIDEO_FEATURES = (("mean_rgb", 1024), ("mean_audio", 128))
@@ -59,24 +61,6 @@ __all__ = ["FRAME_FEATURES", "VIDEO_FEATURES", "dequantize", "quantize", "parse_
 
 
 # ---------------------------------------------------------------- parsing
-def l2_normalize_concat(tensors):
-    """L2-normalises the concatenation of `tensors` along the last axis (the starter code's `l2_normalize`).
-
-    Args:
-        tensors: float tensors `[..., d_i]` with the same leading shape.
-
-    Returns:
-        The list of `tensors`, each scaled by `1 / ||concat(tensors)||`, so
-        that the per-frame concatenation has unit norm.
-
-    Example:
-    >>> rgb, audio = l2_normalize_concat([rgb, audio])
-    """
-    squares = tf.add_n([tf.reduce_sum(tf.square(t), axis=-1, keepdims=True) for t in tensors])
-    inv = tf.math.rsqrt(tf.maximum(squares, 1e-12))
-    return [t * inv for t in tensors]
-
-
 def _record_kind_hint(serialized, missing):
     """For row i: "" or, when `missing[i]` (the expected feature is absent), what the record holds instead."""
     return lambda i: tf.cond(missing[i], lambda: tf.strings.join(["; ", describe_record(serialized[i])]),
@@ -94,6 +78,7 @@ def parse_frame_example(
     filenames=None,
     segments=False,
     count_problems=True,
+    dtype="float32",
 ):
     """Parses a batch of frame-level SequenceExamples.
 
@@ -116,6 +101,11 @@ def parse_frame_example(
         count_problems: count and log records whose feature lists disagree in
             frame count (`data_counters()`); False handles them the same
             without the Python callback (for SavedModel exports).
+        dtype: "float32" returns dequantized frames; "uint8" returns the
+            stored codes, padded with code 0, a quarter of the bytes to move to
+            the accelerator, where `vt_keras.data.quantization.dequantize_frames`
+            turns them and the mask into the same float32 frames bit for bit
+            (and applies `l2_normalize` there: it must be False here).
 
     Returns:
         `{"id": string [B], name: float32 [B, max_frames, dim] per feature,
@@ -133,6 +123,11 @@ def parse_frame_example(
         (TensorShape([B, 300, 1024]), TensorShape([B, 3862]))
     """
     features = normalize_features(features)
+    if dtype not in ("float32", "uint8"):
+        raise ConfigError(f"dtype={dtype!r}: expected 'float32' (dequantized frames) or 'uint8' (the codes)")
+    if dtype == "uint8" and l2_normalize:
+        raise ConfigError("l2_normalize=True with dtype='uint8': the normalisation applies to dequantized "
+                          "frames; pass it to dequantize_frames instead")
     context, lists, lengths = tf.io.parse_sequence_example(
         serialized,
         context_features=context_spec(id_key, labels_key, segments),
@@ -186,6 +181,13 @@ def parse_frame_example(
             frames = lists[name][:, :max_frames]
             steps = tf.shape(frames)[1]
             q = tf.io.decode_raw(frames, tf.uint8, fixed_length=dim)
+            if dtype == "uint8":
+                # Codes past num_frames stay; dequantize_frames zeroes them with the mask.
+                q = tf.pad(q, [[0, 0], [0, max_frames - steps], [0, 0]])
+                q = tf.reshape(q, [-1, max_frames, dim])
+                q.set_shape(ids.shape[:1].concatenate([max_frames, dim]))
+                values.append(q)
+                continue
             x = dequantize(q)
             # Zero the padding and any frames past `num_frames` (a pass saved
             # when there are none: one record, or videos of equal length).
@@ -277,17 +279,23 @@ _DATASET_DOC = """
 def frame_dataset(file_pattern, batch_size, *, features=FRAME_FEATURES, max_frames=300, num_classes=3862,
                   shuffle=False, repeat=False, drop_remainder=False, input_context=None, seed=None,
                   skip_corrupt_records=False, l2_normalize=False, id_key="auto", labels_key="labels",
-                  shuffle_buffer_size=256, cycle_length=8, deterministic=True, skip_batches=0):
+                  shuffle_buffer_size=256, cycle_length=8, deterministic=True, skip_batches=0, dtype="float32"):
     """A batched, parsed dataset of frame-level records (see `parse_frame_example`).
     {doc}
+        dtype: "float32" (the default) gives dequantized frames; "uint8" the
+            stored codes, which the trainer dequantizes on the accelerator
+            (`vt_keras.data.quantization.dequantize_frames`): a quarter of the
+            host memory traffic and host-to-device transfer.
+
     Example:
         >>> ds = frame_dataset("data/train-*.tfrecord", 32, num_classes=88)
+        >>> codes = frame_dataset("data/train-*.tfrecord", 32, num_classes=88, dtype="uint8")
     """
     features = normalize_features(features)
 
     def parse(serialized, filenames):
         return parse_frame_example(serialized, features, max_frames, num_classes, id_key, labels_key,
-                                   l2_normalize, filenames)
+                                   l2_normalize, filenames, dtype=dtype)
 
     return record_dataset(file_pattern, batch_size, parse, shuffle=shuffle, repeat=repeat,
                           drop_remainder=drop_remainder, input_context=input_context, seed=seed,

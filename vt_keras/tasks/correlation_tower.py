@@ -111,7 +111,8 @@ class CorrelationTowerTask(YT8MClassification):
 
     def pairs(self, batch, shift):
         """Inputs of the positive and the negative pairs, and which negatives are valid."""
-        video, audio, mask = batch[self.video_name], batch[self.audio_name], batch["mask"]
+        inputs = self.model_inputs(batch)  # frames dequantized on the device
+        video, audio, mask = inputs[self.video_name], inputs[self.audio_name], batch["mask"]
         positive = {self.video_name: video, self.audio_name: audio, "video_mask": mask, "audio_mask": mask}
         negative = dict(positive, **{self.audio_name: tf.roll(audio, shift, axis=0),
                                      "audio_mask": tf.roll(mask, shift, axis=0)})

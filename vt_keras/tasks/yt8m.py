@@ -12,6 +12,7 @@ import tensorflow as tf
 
 from vt_keras import export
 from vt_keras.data import synthetic, yt8m
+from vt_keras.data.quantization import dequantize_frames
 from vt_keras.data.taxonomy import Taxonomy, find_taxonomy, load_taxonomy
 from vt_keras.errors import ConfigError
 from vt_keras.metrics.yt8m import YT8MMetrics, format_table
@@ -42,6 +43,11 @@ def _as_list(value):
 @TASKS.register("yt8m")
 class YT8MClassification(Task):
     """Multi-label classification of frame-level YouTube-8M records."""
+
+    # Frames leave the input pipeline as uint8 codes and become floats in the step, on the
+    # accelerator (`model_inputs`): a quarter of the host-side bytes. A subclass that reads frame
+    # values outside the model sets "float32".
+    input_dtype = "uint8"
 
     def __init__(self, config):
         super().__init__(config)
@@ -121,7 +127,8 @@ class YT8MClassification(Task):
             pattern, batch_size, features=self.features, max_frames=self.max_frames,
             num_classes=self.num_classes, shuffle=training, repeat=training, drop_remainder=training,
             input_context=input_context, seed=self.data_seed, skip_batches=skip_batches,
-            skip_corrupt_records=d.skip_corrupt_records, l2_normalize=d.l2_normalize)
+            skip_corrupt_records=d.skip_corrupt_records, dtype=self.input_dtype,
+            l2_normalize=d.l2_normalize and self.input_dtype == "float32")
 
     def train_dataset(self, input_context, skip_batches=0):
         per_replica = input_context.get_per_replica_batch_size(int(self.config.train.batch_size))
@@ -129,8 +136,15 @@ class YT8MClassification(Task):
                             input_context=input_context, skip_batches=skip_batches)
 
     def model_inputs(self, batch):
-        inputs = {name: batch[name] for name, _ in self.features}
-        inputs["mask"] = batch["mask"]
+        """The model's inputs from a batch of `dataset`: frames dequantized (and normalised) here if codes."""
+        names = [name for name, _ in self.features]
+        frames, mask = [batch[name] for name in names], batch["mask"]
+        if frames[0].dtype == tf.uint8:
+            # Keras calls take all tensors or all arrays: the mask follows the dequantized frames.
+            mask = tf.convert_to_tensor(mask)
+            frames = dequantize_frames(frames, mask, l2_normalize=self.config.data.l2_normalize)
+        inputs = dict(zip(names, frames))
+        inputs["mask"] = mask
         return inputs
 
     def loss_fn(self, model, batch, ctx):
