@@ -1,12 +1,16 @@
-"""bin/compare over seeds: groups, mean ± sd, the within-the-spread mark."""
+"""bin/compare over seeds: groups, mean ± sd, the within-the-spread mark; per-category tables from train to compare."""
 import json
 import os
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from tests.cli.test_binaries import assert_one_line_error, run_bin
+from tests.yt8m_fixtures import tiny_config, write_tiny_yt8m
+from vt_keras import tasks
 from vt_keras.cli.compare import shared_name, summarize, within_spread
+from vt_keras.data.taxonomy import Taxonomy, TaxonomyClass
 
 
 def test_summary_is_mean_and_sample_sd_of_the_finite_values():
@@ -105,3 +109,40 @@ def test_runs_on_other_data_and_sweep_files_and_bad_input(tmp_path):
                           f"{tmp_path / 'r_s1' / 'config.json'} does not exist", "--group_by=seed")
     assert_one_line_error(run_bin("compare", f"--workdirs={tmp_path}/r_*", "--group_by=config"),
                           "--group_by", "seed")
+
+
+def write_taxonomy(directory):
+    """Two top-level categories over the tiny data's 5 classes: "Sports" (0, 2, 3) and "Food" (1, 4)."""
+    Taxonomy([TaxonomyClass(0, "Sports", 0), TaxonomyClass(1, "Food", 0), TaxonomyClass(2, "Ball", 1, 0),
+              TaxonomyClass(3, "Ski", 1, 0), TaxonomyClass(4, "Recipe", 1, 1)]).save(
+        os.path.join(directory, "taxonomy.json"))
+
+
+@pytest.mark.slow
+def test_per_category_results_from_train_and_evaluate_to_compare(tmp_path):
+    train = write_tiny_yt8m(str(tmp_path / "data"), num_videos=32, prefix="train")
+    write_taxonomy(str(tmp_path / "data"))
+    for fusion_steps, name in ((2, "short"), (6, "long")):
+        for seed in (0, 1):
+            config = tiny_config(train, **{"data.taxonomy": "auto", "train.num_steps": fusion_steps, "seed": seed,
+                                           "train.checkpoint_every": 0})
+            results, _ = tasks.train(config, str(tmp_path / f"{name}_s{seed}"), log=lambda *a: None,
+                                     strategy=tf.distribute.OneDeviceStrategy("/cpu:0"))
+            # The evaluation at the end of training has the per-category keys of the taxonomy's roots.
+            assert {"category_Sports/gap_error", "category_Food/gap_error", "category_Food/num_videos"} <= set(results)
+    proc = run_bin("evaluate", f"--workdir={tmp_path / 'long_s0'}", f"--data={train}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "per top-level category (error rates, %):" in proc.stdout
+    table = proc.stdout[proc.stdout.index("per top-level category"):].splitlines()
+    assert table[1].split()[:2] == ["category", "videos"] and [t.split()[0] for t in table[3:5]] == ["Sports", "Food"]
+    with open(tmp_path / "long_s0" / "eval_metrics.json") as f:
+        evaluated = json.load(f)
+    # eval.top_k (20) is above the 5 classes: every class is among every video's predictions, so every video
+    # counts for both categories.
+    assert evaluated["category_Food/num_videos"] == evaluated["category_Sports/num_videos"] == 32
+    proc = run_bin("compare", f"--workdirs={tmp_path}/*_s*", "--group_by=seed", "--metrics=category_*/gap_error")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.splitlines()[0] == "| runs | category_Food/gap_error | category_Sports/gap_error |"
+    assert [line.split("|")[1].strip() for line in proc.stdout.splitlines()[2:4]] == ["long_s* (n=2)",
+                                                                                      "short_s* (n=2)"]
+

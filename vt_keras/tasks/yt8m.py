@@ -14,6 +14,7 @@ from vt_keras import export
 from vt_keras.data import synthetic, yt8m
 from vt_keras.data.taxonomy import Taxonomy
 from vt_keras.errors import ConfigError, DataError
+from vt_keras.metrics.categories import CategoryMetrics, category_classes, format_category_table
 from vt_keras.metrics.yt8m import YT8MMetrics, format_table
 from vt_keras.models.video_classifier import CKA_LAYER, TOWER_LAYER, build_tower_model, build_video_classifier
 from vt_keras.train import checkpoints
@@ -151,8 +152,8 @@ class YT8MClassification(Task):
             probs = forward(batch)
             yield batch["id"].numpy(), np.asarray(probs, np.float32), batch["labels"].numpy()
 
-    def taxonomy_levels(self, pattern):
-        """Per-class level ids from `data.taxonomy` ('auto': taxonomy.json beside the files)."""
+    def taxonomy(self, pattern):
+        """The `Taxonomy` of `data.taxonomy` ('auto': taxonomy.json beside the files), or None."""
         path = self.config.data.taxonomy
         if not path:
             return None
@@ -162,17 +163,24 @@ class YT8MClassification(Task):
             if not tf.io.gfile.exists(path):
                 return None
         taxonomy = Taxonomy.load(path)
-        levels = taxonomy.levels()
-        if len(levels) != self.num_classes:
-            raise DataError(f"taxonomy {path} has {len(levels)} classes; expected data.num_classes="
+        if taxonomy.num_classes != self.num_classes:
+            raise DataError(f"taxonomy {path} has {taxonomy.num_classes} classes; expected data.num_classes="
                             f"{self.num_classes}")
-        return levels
+        return taxonomy
 
     def evaluate(self, model, pattern, **kwargs):
-        acc = YT8MMetrics(self.num_classes, top_k=self.config.eval.top_k, taxonomy=self.taxonomy_levels(pattern))
+        """Metrics overall, per taxonomy level and per top-level category (`vt_keras.metrics.categories`)."""
+        taxonomy = self.taxonomy(pattern)
+        top_k = self.config.eval.top_k
+        acc = YT8MMetrics(self.num_classes, top_k=top_k, taxonomy=None if taxonomy is None else taxonomy.levels())
+        accumulators = [acc]
+        if taxonomy is not None:
+            categories = category_classes([c.parent for c in taxonomy.classes], [c.name for c in taxonomy.classes])
+            accumulators.append(CategoryMetrics(self.num_classes, categories, top_k=top_k))
         for _, probs, labels in self.predict(model, pattern):
-            acc.update(probs, labels)
-        return {k: float(v) for k, v in acc.result().items()}
+            for accumulator in accumulators:
+                accumulator.update(probs, labels)
+        return {k: float(v) for a in accumulators for k, v in a.result().items()}
 
     def baseline(self, train_pattern, eval_pattern):
         """Metrics of scoring every video with the training label frequencies."""
@@ -196,6 +204,9 @@ class YT8MClassification(Task):
 
     def format_results(self, results, baseline=None):
         text = format_table(results)
+        categories = format_category_table(results)
+        if categories:
+            text += "\n\nper top-level category (error rates, %):\n" + categories
         if baseline:
             text += "\n\nlabel-frequency baseline (every video scored by the training label frequencies):\n"
             text += format_table(baseline)
