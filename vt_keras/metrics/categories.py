@@ -180,7 +180,7 @@ def format_category_table(results):
     lines = [header, "-" * len(header)]
     for name in names:
         prefix = f"{PREFIX}{name}/"
-        row = f"{name:<{width}}{results.get(prefix + 'num_videos', 0):>8} |"
+        row = f"{name:<{width}}{int(results.get(prefix + 'num_videos', 0)):>8} |"
         for _, key in columns:
             value = results.get(prefix + key, np.nan)
             row += f"{'-':>11}" if value is None or np.isnan(value) else f"{value:11.2f}"
