@@ -24,12 +24,12 @@ def test_category_classes_follow_the_parent_links():
         category_classes([None, 0, 0], ["a", "b"])
 
 
-def brute_force(scores, labels, classes, top_k):
+def brute_force(scores, labels, classes, top_k, predicted_top):
     """The module docstring's definition, written out with Python loops and sorted lists."""
     n, c = scores.shape
     kept = []
     for i in range(n):
-        kth = sorted(scores[i], reverse=True)[min(top_k, c) - 1]
+        kth = sorted(scores[i], reverse=True)[min(predicted_top, c) - 1]
         if any(scores[i, j] >= kth for j in classes) or any(labels[i, j] for j in classes):
             kept.append(i)
     if not kept:
@@ -62,8 +62,8 @@ def brute_force(scores, labels, classes, top_k):
             "map": np.mean(aps) if aps else 0.0, "num_videos": len(kept)}
 
 
-@pytest.mark.parametrize("top_k", [1, 3, 20])
-def test_category_metrics_match_brute_force_over_batches(rng, top_k):
+@pytest.mark.parametrize("top_k,predicted_top", [(1, 1), (3, 1), (20, 1), (3, 2), (20, 20)])
+def test_category_metrics_match_brute_force_over_batches(rng, top_k, predicted_top):
     n = 40
     scores = rng.random((n, len(NAMES)))
     # Labels along the hierarchy (a leaf with its ancestors), one or two paths per video, some videos none.
@@ -75,23 +75,28 @@ def test_category_metrics_match_brute_force_over_batches(rng, top_k):
                 labels[i, node] = 1
                 node = PARENTS[node]
     categories = category_classes(PARENTS, NAMES)
-    metrics = CategoryMetrics(len(NAMES), categories, top_k=top_k)
+    metrics = CategoryMetrics(len(NAMES), categories, top_k=top_k, predicted_top=predicted_top)
     for start in range(0, n, 7):  # uneven batches
         metrics.update(scores[start:start + 7], labels[start:start + 7])
     result = metrics.result()
     for name, classes in EXPECTED.items():
-        expected = brute_force(scores, labels, classes, top_k)
+        expected = brute_force(scores, labels, classes, top_k, predicted_top)
         assert result[f"category_{name}/num_videos"] == expected["num_videos"]
         for key in ("hit_at_one", "perr", "gap", "map"):
             assert result[f"category_{name}/{key}"] == pytest.approx(expected[key], abs=1e-12), (name, key)
             assert result[f"category_{name}/{key}_error"] == pytest.approx(100 - 100 * expected[key], abs=1e-9)
-    # With top_k 1 a category counts for fewer videos: the ones it labels or whose best class is in it.
-    if top_k == 1:
-        assert result["category_Art/num_videos"] < n
+    # A category counts for the videos it labels and those it is predicted for: all of them when every class is
+    # among the predictions, fewer with the top class alone.
+    labelled = [(labels[:, ids] != 0).any(axis=1).sum() for ids in EXPECTED.values()]
+    counts = [result[f"category_{name}/num_videos"] for name in EXPECTED]
+    if predicted_top >= len(NAMES):
+        assert counts == [n] * 3
+    if predicted_top == 1:
+        assert all(lab <= count < n for lab, count in zip(labelled, counts)), (labelled, counts)
 
 
 def test_a_category_no_video_counts_for_is_nan_with_zero_videos():
-    metrics = CategoryMetrics(4, {"a": [0, 1], "b": [2, 3]}, top_k=1)
+    metrics = CategoryMetrics(4, {"a": [0, 1], "b": [2, 3]})
     metrics.update(np.array([[0.9, 0.1, 0.2, 0.3]]), np.array([[1, 0, 0, 0]]))
     result = metrics.result()
     assert result["category_a/gap"] == 1.0 and result["category_a/num_videos"] == 1
