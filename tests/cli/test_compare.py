@@ -60,6 +60,7 @@ def test_group_by_seed_reports_mean_and_sd_and_marks_differences_within_the_spre
         for seed in range(3):
             write_run(tmp_path / f"{name}_s{seed}", {k: v[seed] for k, v in values.items()},
                       {"task": "yt8m", "seed": seed, "model": {"fusion": fusion}})
+    (tmp_path / "late_s0.log").write_text("a log beside the workdirs is not a run")
     # Same method, other number of steps: not one of the seeds.
     write_run(tmp_path / "long", {"gap_error": 7.0}, {"task": "yt8m", "seed": 0, "model": {"fusion": "late"},
                                                        "train": {"num_steps": 9}})

@@ -91,14 +91,15 @@ def collect(workdirs, metrics_file):
     """`{run: metrics dict}` of every workdir that `workdirs` (comma-separated, globs allowed) names.
 
     A run is a workdir, or `<workdir>/<value>` for each value of a sweep's
-    metrics file (`{value: metrics}`).
+    metrics file (`{value: metrics}`). Files a glob matches are skipped.
     """
     rows = {}
     patterns = [p.strip() for p in workdirs.split(",") if p.strip()]
     if not patterns:
         raise ConfigError(f"--workdirs={workdirs!r} names no workdir; expected workdirs or glob patterns")
     for pattern in patterns:
-        for workdir in sorted(glob.glob(pattern)) or [pattern]:
+        # A glob's matches that are not directories (logs beside the workdirs) are not runs.
+        for workdir in sorted(p for p in glob.glob(pattern) if os.path.isdir(p)) or [pattern]:
             path = os.path.join(workdir, metrics_file)
             if not os.path.isfile(path):
                 raise DataError(f"{path} does not exist; expected a workdir of a finished `train` "
