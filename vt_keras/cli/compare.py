@@ -1,4 +1,4 @@
-"""bin/compare: put the metrics of several workdirs side by side, or their mean ± std over seeds (trains nothing).
+"""bin/compare: put the metrics of several workdirs side by side, or their mean ± sd over seeds (trains nothing).
 
     bin/compare --workdirs=runs/nv_late,runs/nv_cmg,runs/nv_cmc
     bin/compare --workdirs='runs/*' --metrics=gap_error,map_error --output=table.md
