@@ -15,6 +15,7 @@ from vt_keras.data import synthetic, yt8m
 from vt_keras.data.quantization import dequantize_frames
 from vt_keras.data.taxonomy import Taxonomy, find_taxonomy, load_taxonomy
 from vt_keras.errors import ConfigError
+from vt_keras.metrics.categories import CategoryMetrics, category_classes, format_category_table
 from vt_keras.metrics.yt8m import YT8MMetrics, format_table
 from vt_keras.models.video_classifier import (CKA_LAYER, TOWER_LAYER, alignment_view, build_tower_model,
                                               build_video_classifier)
@@ -176,16 +177,23 @@ class YT8MClassification(Task):
             probs = forward(batch)
             yield batch["id"].numpy(), np.asarray(probs, np.float32), batch["labels"].numpy()
 
-    def taxonomy_levels(self, pattern):
-        """Per-class level ids from `data.taxonomy` ('auto': taxonomy.json beside the files)."""
-        taxonomy = load_taxonomy(self.config.data.taxonomy, pattern, self.num_classes)
-        return None if taxonomy is None else taxonomy.levels()
+    def taxonomy(self, pattern):
+        """The `Taxonomy` of `data.taxonomy` ('auto': taxonomy.json beside the files), or None."""
+        return load_taxonomy(self.config.data.taxonomy, pattern, self.num_classes)
 
     def evaluate(self, model, pattern, **kwargs):
-        acc = YT8MMetrics(self.num_classes, top_k=self.config.eval.top_k, taxonomy=self.taxonomy_levels(pattern))
+        """Metrics overall, per taxonomy level and per top-level category (`vt_keras.metrics.categories`)."""
+        taxonomy = self.taxonomy(pattern)
+        top_k = self.config.eval.top_k
+        acc = YT8MMetrics(self.num_classes, top_k=top_k, taxonomy=None if taxonomy is None else taxonomy.levels())
+        accumulators = [acc]
+        if taxonomy is not None:
+            categories = category_classes([c.parent for c in taxonomy.classes], [c.name for c in taxonomy.classes])
+            accumulators.append(CategoryMetrics(self.num_classes, categories, top_k=top_k))
         for _, probs, labels in self.predict(model, pattern):
-            acc.update(probs, labels)
-        return {k: float(v) for k, v in acc.result().items()}
+            for accumulator in accumulators:
+                accumulator.update(probs, labels)
+        return {k: float(v) for a in accumulators for k, v in a.result().items()}
 
     def baseline(self, train_pattern, eval_pattern):
         """Metrics of scoring every video with the training label frequencies."""
@@ -209,6 +217,9 @@ class YT8MClassification(Task):
 
     def format_results(self, results, baseline=None):
         text = format_table(results)
+        categories = format_category_table(results)
+        if categories:
+            text += "\n\nper top-level category (error rates, %):\n" + categories
         if baseline:
             text += "\n\nlabel-frequency baseline (every video scored by the training label frequencies):\n"
             text += format_table(baseline)
