@@ -37,7 +37,7 @@ EXTRAS = {
     ],
 }
 
-CLI = ["train", "evaluate", "export", "predict", "make_data", "compare", "search", "plot_attention",
+CLI = ["train", "evaluate", "export", "predict", "make_data", "compare", "search", "plot_attention", "plot_alignment",
        "convert_features", "evaluate_segments"]
 
 setup(

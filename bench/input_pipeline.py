@@ -7,7 +7,11 @@ reads them three ways:
 - raw:            `tf.data.TFRecordDataset` over the files, records only;
 - parse only:     raw records batched and parsed by `parse_frame_example`;
 - frame_dataset:  the library pipeline (interleave with per-file checks,
-                  batched parsing, prefetch);
+                  batched parsing, prefetch), frames as uint8 codes and a
+                  mask: what the trainer reads (the model dequantizes them
+                  on the device, `YT8MClassification.model_inputs`);
+- frame_dataset (float32): the same with `dtype="float32"`, frames
+                  dequantized on the host (for users who want floats);
 - per-record:     the peer, the YouTube-8M starter code's reader design on
                   TF2 (our rewrite: one `parse_single_sequence_example` per
                   record, `decode_raw`, dequantize, pad, concatenate the
@@ -18,6 +22,7 @@ turns) and the ratio to the raw read rate. Files are read once
 before timing so every figure reads from the page cache.
 
     python bench/input_pipeline.py --num_records 2000 --json input_pipeline.json
+    python bench/input_pipeline.py --quick          # 500 records, for bench/run_all.py --quick
 
 `--bfc_allocator` sets TF_CPU_ALLOCATOR_USE_BFC=true before TensorFlow
 starts: with TensorFlow's default CPU allocator every batch of float frames
@@ -86,7 +91,8 @@ def rate(dataset, count_fn):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--num_records", type=int, default=2000)
+    parser.add_argument("--num_records", type=int, default=None, help="default 2000 (500 with --quick)")
+    parser.add_argument("--quick", action="store_true", help="500 records unless --num_records is given")
     parser.add_argument("--num_files", type=int, default=16)
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3, help="passes over the files per reader, alternated")
@@ -94,6 +100,8 @@ def main():
     parser.add_argument("--dir", default=None, help="where to write the records (default: a temp dir)")
     parser.add_argument("--bfc_allocator", action="store_true", help="use TensorFlow's BFC CPU allocator")
     args = parser.parse_args()
+    if args.num_records is None:
+        args.num_records = 500 if args.quick else 2000
     if args.bfc_allocator:
         os.environ["TF_CPU_ALLOCATOR_USE_BFC"] = "true"
     sys.path.insert(0, REPO)
@@ -116,8 +124,10 @@ def main():
         readers = {
             "raw": (raw, lambda r: 1),
             "parse only": (parse_only.prefetch(tf.data.AUTOTUNE), lambda b: int(b["id"].shape[0])),
-            "frame_dataset": (yt8m.frame_dataset(pattern, args.batch_size, max_frames=FRAMES),
+            "frame_dataset": (yt8m.frame_dataset(pattern, args.batch_size, max_frames=FRAMES, dtype="uint8"),
                               lambda b: int(b["id"].shape[0])),
+            "frame_dataset (float32)": (yt8m.frame_dataset(pattern, args.batch_size, max_frames=FRAMES,
+                                                           dtype="float32"), lambda b: int(b["id"].shape[0])),
             "per-record (peer)": (per_record_reader(paths, args.batch_size), lambda b: int(b["id"].shape[0])),
         }
         # Rounds in alternation; the median round per reader is reported.
@@ -125,22 +135,25 @@ def main():
         for _ in range(args.rounds):
             for name, (dataset, count) in readers.items():
                 runs[name].append(rate(dataset, count))
-        results = {name: (float(np.median([r for r, _ in v])), v[0][1]) for name, v in runs.items()}
+        results = {name: ([r for r, _ in v], v[0][1]) for name, v in runs.items()}
     finally:
         if args.dir is None:
             shutil.rmtree(directory, ignore_errors=True)
 
-    raw_rate = results["raw"][0]
+    raw_rate = float(np.median(results["raw"][0]))
     print(f"{args.num_records} records x {FRAMES} frames in {args.num_files} files, {size_mb:.0f} MiB "
           f"(written in {write_s:.1f} s); batch {args.batch_size}; {os.cpu_count()} CPUs; "
-          f"BFC allocator {'on' if args.bfc_allocator else 'off'}")
-    print(f"{'reader':<20}{'examples/s':>12}{'MiB/s':>10}{'vs raw':>9}")
+          f"BFC allocator {'on' if args.bfc_allocator else 'off'}; median (min-max) of {args.rounds} passes")
+    print(f"{'reader':<26}{'examples/s':>12}{'min-max':>16}{'MiB/s':>10}{'vs raw':>9}")
     rows = []
-    for name, (value, n) in results.items():
+    for name, (rates, n) in results.items():
         assert n == args.num_records, (name, n)
+        value = float(np.median(rates))
         mib = value * size_mb / args.num_records
-        print(f"{name:<20}{value:>12.1f}{mib:>10.1f}{value / raw_rate:>9.3f}")
-        rows.append({"reader": name, "examples_per_s": value, "mib_per_s": mib, "ratio_to_raw": value / raw_rate})
+        spread = f"{min(rates):.0f}-{max(rates):.0f}"
+        print(f"{name:<26}{value:>12.1f}{spread:>16}{mib:>10.1f}{value / raw_rate:>9.3f}")
+        rows.append({"reader": name, "examples_per_s": value, "examples_per_s_min": float(min(rates)),
+                     "examples_per_s_max": float(max(rates)), "mib_per_s": mib, "ratio_to_raw": value / raw_rate})
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"num_records": args.num_records, "frames": FRAMES, "num_files": args.num_files,

@@ -104,7 +104,9 @@ def build_step(name, batch_size, frames, num_classes, precision="float32", jit_c
     return step, {"config": name, "label": label, "precision": precision, "jit_compile": jit_compile,
                   "params": int(sum(np.prod(v.shape) for v in model.trainable_variables)),
                   "frozen_params": int(sum(np.prod(v.shape) for v in model.non_trainable_variables)),
-                  "device": strategy.extended.worker_devices[0]}
+                  "device": strategy.extended.worker_devices[0],
+                  # Where the variables really live (checked, not assumed from the strategy).
+                  "variable_device": model.trainable_variables[0].value.device}
 
 
 def main():
@@ -129,7 +131,7 @@ def main():
     names = [n for n in args.configs.split(",") if n] or config_names()
     settings = [(p, j.strip().lower() == "true") for p in args.precisions.split(",") for j in args.jit_compile.split(",")]
     load = os.getloadavg()
-    steps, rows, times = {}, [], {}
+    steps, rows, times, failures = {}, [], {}, []
     for name in names:
         for precision, jit in settings:
             start = time.perf_counter()
@@ -138,8 +140,9 @@ def main():
                 for _ in range(args.warmup):
                     float(step())
             except Exception as e:  # noqa: BLE001  (a setting that cannot run is a result, not a crash)
-                print(f"{name} [{precision}{', XLA' if jit else ''}]: cannot run ({type(e).__name__}: "
-                      f"{str(e).strip().splitlines()[0][:160]})", flush=True)
+                error = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:160]}"
+                print(f"{name} [{precision}{', XLA' if jit else ''}]: cannot run ({error})", flush=True)
+                failures.append({"config": name, "precision": precision, "jit_compile": jit, "error": error})
                 continue
             row["trace_and_warmup_seconds"] = time.perf_counter() - start
             steps[row["label"]] = step
@@ -182,7 +185,7 @@ def main():
                 "load_average_end": os.getloadavg(), "platform": platform.platform(),
                 "tensorflow": tf.__version__, "gpus": len(tf.config.list_logical_devices("GPU"))}
         with open(args.json, "w") as f:
-            json.dump({"meta": meta, "results": rows}, f, indent=2)
+            json.dump({"meta": meta, "results": rows, "failures": failures}, f, indent=2)
 
 
 if __name__ == "__main__":
