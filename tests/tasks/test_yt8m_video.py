@@ -85,3 +85,27 @@ def test_records_of_the_other_kind_are_one_line_naming_the_kind_and_the_config(d
                                         r"tf.train.Example\); this config reads frame-level records; for video-level "
                                         r"files use configs/yt8m/video_moe.py"):
         tasks.train(frame_config, str(tmp_path / "f"), strategy=one_device(), log=quiet)
+
+
+def test_no_pattern_means_the_embedded_data_of_the_right_kind(tmp_path, monkeypatch):
+    """Empty patterns: the default data's video-level files; with segment_labels, its rated frame-level splits."""
+    from vt_keras.cli.common import load_config_file
+    from vt_keras.data.taxonomy import Taxonomy
+    from vt_keras.tasks import yt8m as yt8m_task
+
+    frames, video = tmp_path / "default", tmp_path / "default" / "video"
+    video.mkdir(parents=True)
+    for root in (frames, video):
+        Taxonomy.from_shape((2, 3)).save(str(root / "taxonomy.json"))
+    monkeypatch.setattr(YT8MVideoClassification, "DEFAULT_DATA", staticmethod(lambda: str(video)))
+    monkeypatch.setattr(yt8m_task.synthetic, "ensure_default_data", lambda: str(frames))
+    config = load_config_file("configs/yt8m/video_moe.py")
+    assert YT8MVideoClassification.prepare_config(config, log=quiet) is True
+    assert (config.data.train_pattern, config.data.eval_pattern, config.data.test_pattern) == tuple(
+        str(video / f"{split}-*.tfrecord") for split in ("train", "validate", "test"))
+    assert config.data.num_classes == 8  # from the taxonomy beside the files
+    segments = load_config_file("configs/yt8m/video_moe.py")
+    segments.data.segment_labels = True
+    assert YT8MVideoClassification.prepare_config(segments, log=quiet) is True
+    assert (segments.data.train_pattern, segments.data.eval_pattern) == (str(frames / "validate-*.tfrecord"),
+                                                                         str(frames / "test-*.tfrecord"))
