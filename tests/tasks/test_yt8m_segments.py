@@ -149,3 +149,15 @@ def test_frame_level_fine_tune(rated, tmp_path):
                                                 "model.init_workdir": source, "train.num_steps": 2})
     results, _ = tasks.train(config, str(tmp_path / "tuned"), strategy=one_device(), log=quiet)
     assert results["step"] == 2 and 0.0 <= results["map"] <= 1.0 and not math.isnan(results["gap"])
+
+
+def test_levels_without_a_rated_pair_are_left_out(rated, monkeypatch):
+    task = tasks.build_task(segment_config(rated))
+    weights = np.eye(TINY_CLASSES)[[0, 1, 0, 1]]  # classes 0 and 1 rated; 2..4 (level 1) never
+    monkeypatch.setattr(task, "taxonomy_levels", lambda pattern: np.array([0, 0, 1, 1, 1]))
+    monkeypatch.setattr(task, "predict_rated_segments", lambda model, pattern: iter(
+        [(["a:0", "a:5", "b:0", "b:5"], np.random.default_rng(0).random((4, TINY_CLASSES)),
+          weights * np.array([[1.0], [0.0], [0.0], [1.0]]), weights)]))
+    results = task.evaluate(None, rated[1])
+    assert results["num_videos"] == 4 and results["level_0/num_videos"] == 4
+    assert not any(k.startswith("level_1/") for k in results) and not any(math.isnan(v) for v in results.values())

@@ -312,7 +312,11 @@ class YT8MClassification(Task):
         acc = YT8MMetrics(self.num_classes, top_k=self.config.eval.top_k, taxonomy=self.taxonomy_levels(pattern))
         for _, probs, labels, weights in self.predict_rated_segments(model, pattern):
             acc.update(probs, labels > 0.5, weights)
-        return {k: float(v) for k, v in acc.result().items()}
+        results = acc.result()
+        # Ratings are usually of one level (the challenge's 1,000 classes); levels without a rated pair
+        # have no metrics (NaN) and are left out.
+        empty = {k.split("/")[0] for k, v in results.items() if k.endswith("/num_videos") and v == 0}
+        return {k: float(v) for k, v in results.items() if k.split("/")[0] not in empty}
 
     def predict_rated_segments(self, model, pattern, batch_size=None):
         """Yields `(segment ids, probabilities, labels, label_weights)` numpy batches of the rated pairs."""
