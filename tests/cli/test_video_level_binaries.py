@@ -143,7 +143,7 @@ def test_video_scores_rank_every_segment_of_a_video_alike(data, video_run, tmp_p
                    "--segments", "--segment_scores=video", f"--max_frames={RATED_FRAMES}")
     assert proc.returncode == 0, proc.stderr[-3000:]
 
-    task, model = tasks.restore_model(load_config(workdir), workdir)
+    _, model = tasks.restore_model(load_config(workdir), workdir)
     batch = next(iter(yt8m.frame_dataset(test, 64, features=(("rgb", 8), ("audio", 4)), max_frames=RATED_FRAMES,
                                          num_classes=TINY_CLASSES)))
     mask = batch["mask"].numpy()[:, :, None]

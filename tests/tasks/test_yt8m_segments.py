@@ -1,4 +1,4 @@
-"""Training on rated segments (`data.segment_labels`): the weighted loss, the batches, the warm start, a fine-tune run."""
+"""Training on rated segments (`data.segment_labels`): the weighted loss, batches, warm start, fine-tune runs."""
 import math
 
 import numpy as np

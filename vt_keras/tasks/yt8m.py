@@ -31,9 +31,9 @@ from vt_keras.data.taxonomy import Taxonomy, find_taxonomy, load_taxonomy
 from vt_keras.errors import ConfigError, DataError
 from vt_keras.metrics.yt8m import YT8MMetrics, format_table
 from vt_keras.models.video_classifier import CKA_LAYER, TOWER_LAYER, build_tower_model, build_video_classifier
+from vt_keras.tasks.warm_start import load_workdir_weights
 from vt_keras.train import checkpoints
 from vt_keras.train.checkpoints import track_variables
-from vt_keras.tasks.warm_start import load_workdir_weights
 from vt_keras.train.task import TASKS, Task, fill_default_data
 
 EPSILON = 1e-7
@@ -84,6 +84,7 @@ def fill_default_segment_data(data_cfg, ensure_data, log=print):
         data_cfg.test_pattern = os.path.join(root, "test-*.tfrecord")
     return True
 
+
 # The task that trains the correlation tower the cm_* fusions load (tasks/correlation_tower.py).
 TOWER_TASK = "correlation_tower"
 
@@ -98,8 +99,8 @@ class YT8MClassification(Task):
 
     # A data error that found the other kind of record (the readers name it) gets this hint.
     OTHER_KIND = ("(a video-level tf.train.Example)",
-                  "this config reads frame-level records; for video-level files use configs/yt8m/video_moe.py or "
-                  "configs/yt8m/video_logistic.py")
+                  ("this config reads frame-level records; for video-level files use configs/yt8m/video_moe.py or "
+                   "configs/yt8m/video_logistic.py"))
 
     # The records this task reads outside segment mode, for the default data.
     DEFAULT_DATA = staticmethod(synthetic.ensure_default_data)

@@ -34,8 +34,8 @@ class YT8MVideoClassification(YT8MClassification):
     DEFAULT_DATA_NAME = "embedded default data (video level)"
     POOLED_SEGMENTS = True
     OTHER_KIND = ("(a frame-level tf.train.SequenceExample)",
-                  "this config reads video-level records; for frame-level files use configs/yt8m/classifier.py, "
-                  "or --config.data.segment_labels=true to train on their rated segments")
+                  ("this config reads video-level records; for frame-level files use configs/yt8m/classifier.py, "
+                   "or --config.data.segment_labels=true to train on their rated segments"))
 
     @property
     def segment_features(self):
