@@ -6,7 +6,7 @@ r"""YouTube-8M video-level mixture of experts: the starter code's `MoeModel` on 
         --config.data.eval_pattern='yt8m/video/validate*.tfrecord' --config.data.num_classes=3862
     bin/train --config=configs/yt8m/video_moe.py --workdir=runs/moe_segments \
         --config.data.segment_labels=true --config.model.init_workdir=workdirs/video_moe \
-        --config.train.num_steps=200 --config.optimizer.learning_rate=1e-3   # fine-tune on rated segments
+        --config.train.num_steps=200 --config.train.batch_size=128 --config.optimizer.learning_rate=1e-3
 
 The records are video-level `tf.train.Example`s (`id` or `video_id`,
 `labels`, `mean_rgb` 1024 floats, `mean_audio` 128): docs/yt8m_data.md. The
