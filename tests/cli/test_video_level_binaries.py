@@ -172,3 +172,18 @@ def test_records_of_the_other_kind_are_one_line(data, tmp_path):
                    f"--config.data.train_pattern={data['rated'][0]}", "--noexport")
     assert_one_line_error(proc, "(a frame-level tf.train.SequenceExample)", "this config reads video-level records",
                           "--config.data.segment_labels=true")
+
+
+def test_a_warm_start_from_another_model_writes_nothing(data, video_run, tmp_path):
+    source, _ = video_run
+    workdir = tmp_path / "tuned"
+    args = (f"--config={data['config']}", f"--workdir={workdir}", "--strategy=one", "--config.data.segment_labels=true",
+            f"--config.data.train_pattern={data['rated'][0]}", f"--config.data.eval_pattern={data['rated'][1]}",
+            f"--config.model.init_workdir={source}", "--config.train.num_steps=2", "--noexport")
+    proc = run_bin("train", *args, "--config.model.moe.num_mixtures=3")
+    assert_one_line_error(proc, f"model.init_workdir={source} holds another model",
+                          "model.moe.num_mixtures=2 there, 3 here")
+    # No config.json left behind: the corrected command then runs in the same workdir.
+    assert not workdir.exists()
+    proc = run_bin("train", *args)
+    assert proc.returncode == 0, proc.stderr[-3000:]

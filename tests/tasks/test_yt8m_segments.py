@@ -128,6 +128,8 @@ def test_a_workdir_of_another_model_is_one_line(rated, video_workdir, tmp_path):
                                           r"model.moe.num_mixtures=2 there, 3 here\); expected a workdir trained "
                                           r"with this config's task, model"):
         task.warm_start(task.build_model())
+    with pytest.raises(ConfigError, match=r"model.moe.num_mixtures=2 there, 3 here"):
+        type(task).prepare_config(other, log=quiet)  # before bin/train writes the config
     nowhere = str(tmp_path / "nowhere")
     task = tasks.build_task(segment_config(rated, **{"model.init_workdir": nowhere}))
     with pytest.raises(CheckpointError, match=rf"model.init_workdir={nowhere}: no such directory"):

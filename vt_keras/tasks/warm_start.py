@@ -45,29 +45,29 @@ def model_differences(config, saved):
     return [(k, theirs.get(k, "<absent>"), mine.get(k, "<absent>")) for k in keys if theirs.get(k) != mine.get(k)]
 
 
-def load_workdir_weights(model, config, init_workdir):
-    """Loads the model weights of `init_workdir`'s latest checkpoint into `model` (nothing if it is "").
+def check_init_workdir(config):
+    """Checks `model.init_workdir` before a run writes anything: a checkpoint there, of this same model.
+
+    `bin/train` runs it (through the task's `prepare_config`) before it
+    saves the run's config, so a wrong warm start leaves no workdir behind
+    that a corrected rerun would then refuse as another model's.
 
     Args:
-        model: the freshly built model of `config`.
-        config: the current config (its task, model section, features and
-            class count must equal the workdir's).
-        init_workdir: the workdir of a finished or running `train` of the
-            same model (e.g. trained at video level, now fine-tuned on rated
-            segments).
+        config: the run's config, data values filled (`data.num_classes`).
 
     Returns:
-        The checkpoint path loaded, or None.
+        The latest checkpoint of `model.init_workdir`, or None when it is "".
 
     Raises:
-        CheckpointError: no such directory, no checkpoint, or a checkpoint
-            whose variables do not fit (one line).
+        CheckpointError: no such directory or no checkpoint (one line).
         ConfigError: the workdir's config.json describes another model; the
             line names the first differing keys.
 
     Example:
-        >>> load_workdir_weights(model, config, "runs/video_moe")
+        >>> check_init_workdir(config)  # config.model.init_workdir = "runs/video_moe"
+        'runs/video_moe/checkpoints/ckpt-3'
     """
+    init_workdir = config.model.init_workdir
     if not init_workdir:
         return None
     name = f"model.init_workdir={init_workdir}"
@@ -80,5 +80,34 @@ def load_workdir_weights(model, config, init_workdir):
         raise ConfigError(f"{name} holds another model ({where}: {shown}{'; ...' if len(diffs) > 3 else ''}); "
                           "expected a workdir trained with this config's task, model, data.features and "
                           "data.num_classes")
+    return latest
+
+
+def load_workdir_weights(model, config):
+    """Loads the weights of `model.init_workdir`'s latest checkpoint into `model` (nothing if it is "").
+
+    Args:
+        model: the freshly built model of `config`.
+        config: the current config; `model.init_workdir` is the workdir of a
+            finished or running `train` of the same model (e.g. trained at
+            video level, now fine-tuned on rated segments): its task, model
+            section, features and class count must equal this config's.
+
+    Returns:
+        The checkpoint path loaded, or None.
+
+    Raises:
+        CheckpointError: no such directory, no checkpoint, or a checkpoint
+            whose variables do not fit (one line).
+        ConfigError: the workdir's config.json describes another model; the
+            line names the first differing keys.
+
+    Example:
+        >>> load_workdir_weights(model, config)  # config.model.init_workdir = "runs/video_moe"
+    """
+    latest = check_init_workdir(config)
+    if latest is None:
+        return None
+    where = os.path.join(config.model.init_workdir, checkpoints.CONFIG_FILE)
     return checkpoints.restore_verified(latest, f"the model of {where}", "was it trained by another version of "
                                         "the config?", model=model)

@@ -31,7 +31,7 @@ from vt_keras.data.taxonomy import Taxonomy, find_taxonomy, load_taxonomy
 from vt_keras.errors import ConfigError, DataError
 from vt_keras.metrics.yt8m import YT8MMetrics, format_table
 from vt_keras.models.video_classifier import CKA_LAYER, TOWER_LAYER, build_tower_model, build_video_classifier
-from vt_keras.tasks.warm_start import load_workdir_weights
+from vt_keras.tasks.warm_start import check_init_workdir, load_workdir_weights
 from vt_keras.train import checkpoints
 from vt_keras.train.checkpoints import track_variables
 from vt_keras.train.task import TASKS, Task, fill_default_data
@@ -108,7 +108,10 @@ class YT8MClassification(Task):
 
     @classmethod
     def prepare_config(cls, config, log=print):
-        """Empty `data.train_pattern`: the embedded default data; `num_classes` 0: from its taxonomy."""
+        """Empty `data.train_pattern`: the embedded default data; `num_classes` 0: from its taxonomy.
+
+        Then checks `model.init_workdir`, where the config has one (`check_init_workdir`).
+        """
         d = config.data
         if d.segment_labels:
             # Rated segments live in frame-level records, whatever the model reads.
@@ -123,6 +126,10 @@ class YT8MClassification(Task):
                 raise ConfigError(f"data.num_classes={d.num_classes} and no taxonomy.json beside "
                                   f"{d.train_pattern}; set --config.data.num_classes (3862 for YouTube-8M)")
             d.num_classes = Taxonomy.load(path).num_classes
+        # Before bin/train saves the config: a wrong warm start must leave no workdir behind. The
+        # correlation tower's config has no model.init_workdir (it warm-starts from nothing).
+        if "init_workdir" in config.model:
+            check_init_workdir(config)
         return used_default
 
     @property
@@ -157,7 +164,7 @@ class YT8MClassification(Task):
         workdir's latest checkpoint (see `load_workdir_weights`).
         """
         self._load_tower(model)
-        load_workdir_weights(model, self.config, self.config.model.init_workdir)
+        load_workdir_weights(model, self.config)
 
     def _load_tower(self, model):
         if not self.config.model.fusion.startswith("cm_"):

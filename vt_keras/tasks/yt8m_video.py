@@ -52,7 +52,7 @@ class YT8MVideoClassification(YT8MClassification):
 
     def warm_start(self, model):
         """Loads the weights of `model.init_workdir` (if set): see `load_workdir_weights`."""
-        load_workdir_weights(model, self.config, self.config.model.init_workdir)
+        load_workdir_weights(model, self.config)
 
     def dataset(self, pattern, batch_size, training=False, input_context=None):
         if self.segment_labels:
