@@ -41,7 +41,8 @@ CONFIG_FILES = sorted(os.path.relpath(p, REPO_ROOT) for p in glob.glob(os.path.j
 CONFIGS = ([variant_config_file(name) for name in classifier_variants()]
            + ["configs/yt8m/late_fusion.py", "configs/yt8m/correlation_tower.py", "configs/retrieval/info_nce.py",
               "configs/retrieval/vt_twins.py", "configs/cka_synthetic.py", "configs/cka_synthetic.py:cka_only"]
-           + [f"configs/retrieval/crossclr.py:{p}" for p in ("youcook2", "lsmdc", "youcook2_mp", "lsmdc_mp")])
+           + [f"configs/retrieval/crossclr.py:{p}" for p in ("youcook2", "lsmdc", "youcook2_mp", "lsmdc_mp")]
+           + ["configs/yt8m/video_logistic.py", "configs/yt8m/video_moe.py"])
 # Arguments no config holds: the inputs, what the data or the task decides, functions.
 NOT_CONFIG = {"self", "args", "kwargs", "name", "dtype", "reduction", "gather"}
 
@@ -114,6 +115,23 @@ def test_classifier_sections_are_their_layers_arguments(name):
     initializer = keras.initializers.get(m.context_gating.kernel_initializer)
     assert type(gating.kernel_initializer) is type(initializer)
     assert set(m.cka) == arguments(CKAAlignment)
+
+
+def test_video_level_sections_are_their_heads_arguments():
+    from vt_keras.models.video_level import HEADS, build_video_level_classifier, logistic
+
+    moe = load_config_file("configs/yt8m/video_moe.py")
+    model = build_video_level_classifier(moe.model, moe.data.features, 7)
+    assert_section_reaches(moe.model.moe, MixtureOfExperts, model.get_layer("moe").get_config(),
+                           passed=("num_classes",))
+    lin = load_config_file("configs/yt8m/video_logistic.py")
+    assert set(lin.model.logistic) == arguments(logistic, passed=("num_classes",))
+    dense = build_video_level_classifier(lin.model, lin.data.features, 7).get_layer("logistic")
+    assert dense.kernel_regularizer.l2 == pytest.approx(lin.model.logistic.l2_penalty)
+    assert {lin.model.head, moe.model.head} == set(HEADS.names())
+    # The two files differ in the model section only.
+    lin.model = moe.model
+    assert lin.to_dict() == moe.to_dict()
 
 
 def test_the_cka_section_reaches_its_layer():

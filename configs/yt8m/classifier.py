@@ -82,6 +82,9 @@ def data_config():
     d.taxonomy = "auto"  # taxonomy.json for per-level metrics ("auto": beside the eval files)
     d.l2_normalize = False  # starter code: True (normalises each frame's 1152-d vector)
     d.skip_corrupt_records = False  # True: skip corrupt records (and count them) instead of stopping
+    # true: examples are the rated (segment, class) pairs of the files, each segment's frames padded
+    # to max_frames and weighted to its rated class (docs/yt8m_segments.md).
+    d.segment_labels = False
     return d
 
 
@@ -132,6 +135,9 @@ def model_config(aggregator, fusion):
     # Paper: weight 0.05-0.2, after train.cka_warmup_steps steps of CKA alone.
     m.cka = dict(weight=0.0, num_samples=placeholder(int), kernel="linear", debiased=False, rbf_threshold=1.0,
                  seed=placeholder(int))
+    # The workdir of a run of this same model whose latest weights this run starts from (e.g. before
+    # fine-tuning on rated segments with data.segment_labels); "": from scratch.
+    m.init_workdir = ""
     return m
 
 

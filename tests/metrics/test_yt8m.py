@@ -39,11 +39,16 @@ def bf_ap(pairs, num_positives):
     return total / num_positives
 
 
-def bf_metrics(p, y, k, filter_empty=True):
+def bf_metrics(p, y, k, filter_empty=True, rated=None):
+    """The metrics by their definitions; `rated`: 0/1 label weights (only entries of weight 1 exist)."""
     n, c = p.shape
+    rated = np.ones((n, c), bool) if rated is None else np.asarray(rated, bool)
+    y = np.asarray(y, bool) & rated
     hit, prec, pooled, per_class = [], [], [], [[] for _ in range(c)]
     for i in range(n):
-        order = bf_order(p[i], y[i])
+        order = [j for j in bf_order(p[i], y[i]) if rated[i][j]]
+        if not order:
+            continue  # a video without any weighted class is left out
         hit.append(float(y[i][order[0]]))
         num = int(y[i].sum())
         prec.append(sum(1 for j in order[:num] if y[i][j] and p[i][j] > 0) / num if num else 0.0)
@@ -58,7 +63,7 @@ def bf_metrics(p, y, k, filter_empty=True):
     else:
         m = sum(aps) / c
     return {"hit_at_one": np.mean(hit), "perr": np.mean(prec),
-            "gap": bf_ap(pooled, int(y.sum())), "map": m}
+            "gap": bf_ap(pooled, int(y.sum())), "map": m, "num_videos": len(hit)}
 
 
 def random_case(rng, n, c, levels=8, density=0.15):
@@ -215,15 +220,16 @@ def test_accumulator_equals_functions_on_concatenated_batches(rng):
         metrics.result()
 
 
-def bf_level(p, y, classes, k):
+def bf_level(p, y, classes, k, rated=None):
     """Brute-force per-level metrics: slice classes, drop videos with nothing at the level."""
+    rated = np.ones(p.shape, bool) if rated is None else np.asarray(rated, bool)
     keep = []
     for i in range(p.shape[0]):
-        top = bf_order(p[i], y[i])[:k]
-        if any(j in classes for j in top) or any(y[i][j] for j in classes):
+        top = [j for j in bf_order(p[i], y[i]) if rated[i][j]][:k]
+        if any(j in classes for j in top) or any(y[i][j] and rated[i][j] for j in classes):
             keep.append(i)
-    sub_p, sub_y = p[keep][:, classes], y[keep][:, classes]
-    return bf_metrics(sub_p, sub_y, k), len(keep)
+    sub_p, sub_y, sub_rated = p[keep][:, classes], y[keep][:, classes], rated[keep][:, classes]
+    return bf_metrics(sub_p, sub_y, k, rated=sub_rated), len(keep)
 
 
 def test_per_level_against_brute_force(rng):
@@ -246,6 +252,72 @@ def test_per_level_against_brute_force(rng):
     for b in batches:
         mapped.update(*b)
     assert mapped.result() == got
+
+
+# --- label weights ---
+
+def weighted_case(rng, n, c, density=0.3):
+    """A random case with 0/1 label weights; some rows have no weighted class, some positives weight 0."""
+    p, y = random_case(rng, n, c, density=0.3)
+    rated = (rng.random((n, c)) < density).astype(np.float32)
+    rated[rng.random(n) < 0.15] = 0
+    return p, y, rated
+
+
+@pytest.mark.parametrize("k", [1, 3, 20])
+def test_label_weights_against_brute_force(rng, k):
+    levels = np.array([0, 0, 1, 1, 1, 2, 3, 3, -1, 2])
+    metrics = YT8MMetrics(num_classes=10, top_k=k, taxonomy=levels)
+    batches = [weighted_case(rng, n, 10) for n in (9, 1, 14, 5)]
+    for p, y, rated in batches:
+        metrics.update(p, y, rated)
+    p, y, rated = (np.concatenate([b[i] for b in batches]) for i in range(3))
+    got = metrics.result()
+    want = bf_metrics(p, y, k, rated=rated)
+    assert 0 < want["num_videos"] < p.shape[0]  # rows without a weighted class were left out
+    for name, value in want.items():
+        assert got[name] == pytest.approx(value, abs=1e-12), name
+    for lvl in range(4):
+        want, count = bf_level(p, y, list(np.flatnonzero(levels == lvl)), k, rated)
+        assert got[f"level_{lvl}/num_videos"] == count == want["num_videos"]
+        for name, value in want.items():
+            assert got[f"level_{lvl}/{name}"] == pytest.approx(value, abs=1e-12), (lvl, name)
+
+
+def test_weights_of_one_everywhere_change_nothing(rng):
+    """The weighted path (a sparse list of entries) and the dense one are separate code: they must agree."""
+    levels = np.array([0, 0, 1, 1, 2, 2, -1])
+    plain, weighted = YT8MMetrics(7, top_k=3, taxonomy=levels), YT8MMetrics(7, top_k=3, taxonomy=levels)
+    for n in (6, 11, 1):
+        p, y = random_case(rng, n, 7)
+        plain.update(p, y)
+        weighted.update(p, y, np.ones_like(p))
+    assert weighted.result() == plain.result()
+
+
+def test_rated_pairs_map_is_the_segment_challenge_map(rng):
+    """One weighted class per row (a rated (segment, class) pair): MAP = segment_map of the full ranking."""
+    from vt_keras.metrics.segments import segment_map
+
+    num_classes, pairs = 6, 80
+    segments = [f"v{i // 3}:{5 * (i % 3)}" for i in range(40)]
+    chosen = rng.choice(len(segments) * num_classes, pairs, replace=False)
+    seg, cls = chosen // num_classes, chosen % num_classes
+    rating = (rng.random(pairs) < 0.4).astype(np.float64)
+    scores = rng.random((pairs, num_classes))  # continuous: no ties
+    weights = np.eye(num_classes)[cls]
+    metrics = YT8MMetrics(num_classes, top_k=20)
+    metrics.update(scores, weights * rating[:, None], weights)
+    ratings, ranked = {}, {}
+    for i in range(pairs):
+        ratings.setdefault(int(cls[i]), {})[segments[seg[i]]] = rating[i]
+    for c in range(num_classes):
+        rows = np.flatnonzero(cls == c)
+        ranked[c] = [segments[seg[i]] for i in rows[np.argsort(-scores[rows, c])]]
+    want = segment_map(ranked, ratings)
+    got = metrics.result()
+    assert 0 < want["num_classes"] and got["num_videos"] == pairs
+    assert got["map"] == pytest.approx(want["map"], abs=1e-12)
 
 
 def test_format_table_lists_metrics_and_error_rates():
@@ -279,3 +351,7 @@ def test_errors_name_the_problem():
         YT8MMetrics(5).update(P, Y)
     with pytest.raises(DataError, match="num_positives"):
         average_precision([0.1, 0.2], [1, 1], num_positives=1)
+    with pytest.raises(DataError, match=r"label_weights must have the shape of predictions \(3, 4\); found \(3, 3\)"):
+        YT8MMetrics(4).update(P, Y, np.ones((3, 3)))
+    with pytest.raises(DataError, match=r"label_weights must be 0/1 .*found values such as \[0.5, 0.5, 0.5\]"):
+        YT8MMetrics(4).update(P, Y, np.full((3, 4), 0.5))

@@ -60,7 +60,8 @@ def tower_weights(workdir):
 
 
 def test_every_config_is_covered():
-    assert CONFIG_FILES == ["classifier", "correlation_tower", "late_fusion"]
+    # The video-level configs are covered by tests/models/test_video_level.py and tests/tasks/test_yt8m_video.py.
+    assert CONFIG_FILES == ["classifier", "correlation_tower", "late_fusion", "video_logistic", "video_moe"]
     assert {"pool_late", "pool_early", "netvlad_cm_concat", "rnn_early", "transformer_cm_gated"} <= set(CONFIGS)
     assert len(CONFIGS) == 2 + 3 * 4 + 1
     # The config's aggregators are the builder's.
@@ -73,7 +74,15 @@ def test_every_config_is_covered():
 
 @pytest.fixture(scope="module")
 def tiny_batch(tiny_data):
+    """A batch as the classifier tasks read it: frames as uint8 codes (their model_inputs dequantize)."""
     return next(iter(tasks.build_task(tiny_config(tiny_data)).dataset(tiny_data, 8)))
+
+
+@pytest.fixture(scope="module")
+def tiny_float_batch(tiny_data):
+    """The same videos with float frames, as the correlation tower's task reads them."""
+    return next(iter(tasks.build_task(tiny_config(tiny_data, config_file=config_file("correlation_tower")))
+                     .dataset(tiny_data, 8)))
 
 
 def weights(layer):
@@ -82,7 +91,8 @@ def weights(layer):
 
 @pytest.mark.parametrize("precision", ["float32", "mixed_bfloat16", "mixed_float16"])
 @pytest.mark.parametrize("name", CONFIGS)
-def test_config_builds_and_trains_two_steps(name, precision, tiny_data, tiny_batch, request):
+def test_config_builds_and_trains_two_steps(name, precision, tiny_data, tiny_batch, tiny_float_batch, request):
+    batch = tiny_float_batch if name == "correlation_tower" else tiny_batch
     overrides = {}
     if "_cm_" in name:
         overrides["model.tower_workdir"] = request.getfixturevalue("tower_workdir")
@@ -96,7 +106,7 @@ def test_config_builds_and_trains_two_steps(name, precision, tiny_data, tiny_bat
     ctx = StepContext(global_batch_size=8, num_replicas=1, gather=lambda x, axis=0: x, step=optimizer.iterations)
     for _ in range(2):  # eager: tracing a step costs more than two tiny steps
         with tf.GradientTape() as tape:
-            loss, _ = task.loss_fn(model, tiny_batch, ctx)
+            loss, _ = task.loss_fn(model, batch, ctx)
             scaled = optimizer.scale_loss(loss) if precision == "mixed_float16" else loss
         grads = tape.gradient(scaled, model.trainable_variables)
         assert all(g is not None for g in grads)

@@ -21,7 +21,10 @@ every class) the best `--top_segments` segments are kept as batches stream
 (memory bounded by classes x top_segments, not by the number of videos) and
 written as the 2019 challenge's submission: header `Class,Segments`, rows
 `class_id,videoid:start videoid:start ...`, best first; equal scores keep
-the order in which the segments were read.
+the order in which the segments were read. `--segment_scores=video` gives
+every segment its whole video's score instead (all its frames, or their
+mean for a video-level export): the baseline that ranks a video's segments
+by the video-level score alone.
 
 A record that cannot be served (a missing feature, a feature of the wrong
 size, no id) ends the run with one line naming the file, the record, the
@@ -51,6 +54,10 @@ def define_flags():
                         "Default: every class.")
     flags.DEFINE_integer("top_segments", 100000, "--segments: segments kept per class, best first.")
     flags.DEFINE_integer("max_frames", 300, "--segments: frames read per video (YouTube-8M videos have at most 300).")
+    flags.DEFINE_enum("segment_scores", "segment", ["segment", "video"],
+                      "--segments: 'segment' scores each segment on its own frames; 'video' gives every segment "
+                      "its whole video's score (the baseline that ranks a video's segments by the video-level "
+                      "score alone; equal scores keep the order in which the segments were read).")
     flags.mark_flags_as_required(["export_dir", "data", "output"])
 
 
@@ -140,7 +147,7 @@ def predict_files(export_dir, files, batch_size, skip_corrupt=False, log=print):
 
 
 def predict_segments(export_dir, pattern, classes=None, top_segments=100000, batch_size=256, max_frames=300,
-                     skip_corrupt=False, log=print):
+                     skip_corrupt=False, log=print, video_scores=False):
     """The per-class top segments of every video of `pattern` (see the module docstring).
 
     Args:
@@ -152,6 +159,9 @@ def predict_segments(export_dir, pattern, classes=None, top_segments=100000, bat
         max_frames: frames read per video.
         skip_corrupt: skip a corrupt file's unreadable rest.
         log: where progress lines go.
+        video_scores: score every segment with its whole video's score
+            (all frames read for a frame-level export, their mean for a
+            video-level one) instead of its own frames.
 
     Returns:
         `{class_id: [(segment_id, score), ...]}`, best first.
@@ -185,7 +195,20 @@ def predict_segments(export_dir, pattern, classes=None, top_segments=100000, bat
         inputs = {name: v for (name, _), v in zip(features, values)}
         if kind == "frame":
             inputs["num_frames"] = tf.fill(tf.shape(starts), SEGMENT_FRAMES)
-        return {"ids": ids, "starts": starts, "videos": batch["id"], "inputs": inputs}
+        out = {"ids": ids, "starts": starts, "videos": batch["id"], "inputs": inputs}
+        if video_scores:
+            # One call per video; its segments take the video's row of scores.
+            per_video = batch["num_frames"] // SEGMENT_FRAMES
+            out["rows"] = tf.repeat(tf.range(tf.size(per_video)), per_video)
+            if kind == "frame":
+                out["inputs"] = {name: batch[name] for name, _ in features}
+                out["inputs"]["num_frames"] = batch["num_frames"]
+            else:
+                valid = tf.cast(batch["mask"], tf.float32)[:, :, None]
+                count = tf.maximum(tf.reduce_sum(valid, axis=1), 1.0)
+                out["inputs"] = {name: tf.reduce_sum(batch[frame] * valid, axis=1) / count
+                                 for (name, _), (frame, _) in zip(features, frame_features)}
+        return out
 
     videos = segments = 0
     for batch in iterate(record_dataset(pattern, batch_size, parse, skip_corrupt_records=skip_corrupt)):
@@ -193,6 +216,8 @@ def predict_segments(export_dir, pattern, classes=None, top_segments=100000, bat
         if not batch["ids"].shape[0]:
             continue
         scores = call_signature(signature, f"--export_dir={export_dir}", **batch["inputs"])["scores"].numpy()
+        if video_scores:
+            scores = scores[batch["rows"].numpy()]
         ids = [f"{v.decode('utf-8')}:{int(s)}" for v, s in zip(batch["ids"].numpy(), batch["starts"].numpy())]
         top.add(ids, scores[:, classes])
         segments += len(ids)
@@ -223,7 +248,8 @@ def main(argv):
             _, _, num_classes = dense_inputs(load_export(FLAGS.export_dir), FLAGS.export_dir)
             classes = read_segment_classes(FLAGS.segment_classes, num_classes)
         ranked = predict_segments(FLAGS.export_dir, files, classes, FLAGS.top_segments, FLAGS.batch_size,
-                                  FLAGS.max_frames, FLAGS.skip_corrupt_records)
+                                  FLAGS.max_frames, FLAGS.skip_corrupt_records,
+                                  video_scores=FLAGS.segment_scores == "video")
         write_submission(FLAGS.output, ranked)
         print(f"wrote the segments of {len(ranked)} classes to {FLAGS.output}")
         return 0

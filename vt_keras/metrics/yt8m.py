@@ -40,6 +40,17 @@ def _check_inputs(predictions, labels, needs_rows=None):
     return predictions, labels
 
 
+def _check_weights(weights, shape):
+    """Label weights as a bool "rated" mask; they must be 0 or 1 and of the predictions' shape."""
+    weights = np.asarray(weights)
+    if weights.shape != shape:
+        raise DataError(f"label_weights must have the shape of predictions {shape}; found {weights.shape}.")
+    if not np.all((weights == 0) | (weights == 1)):
+        bad = weights[(weights != 0) & (weights != 1)][:3]
+        raise DataError(f"label_weights must be 0/1 (1: the entry counts); found values such as {bad.tolist()}.")
+    return weights != 0
+
+
 def _check_top_k(value, name="top_k"):
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ConfigError(f"{name} must be a positive integer; found {value!r}.")
@@ -259,15 +270,22 @@ class _Stream:
         self.hits, self.perrs, self.classes, self.scores, self.labels = [], [], [], [], []
         self.class_positives = np.zeros(num_classes, np.int64)
 
-    def update(self, predictions, labels):
-        classes, scores, top_labels, hits, perrs = _video_stats(predictions, labels, self.top_k)
+    def update(self, predictions, labels, rated=None):
+        """Adds a batch; returns `(rows, classes)` of every kept top-k entry (for the level filter)."""
+        if rated is None:
+            classes, scores, top_labels, hits, perrs = _video_stats(predictions, labels, self.top_k)
+            rows = np.repeat(np.arange(classes.shape[0]), classes.shape[1])
+            self.class_positives += labels.sum(axis=0)
+        else:
+            rows, classes, scores, top_labels, hits, perrs, positives = _rated_video_stats(
+                predictions, labels, rated, self.top_k)
+            self.class_positives += np.bincount(positives, minlength=self.num_classes)
         self.hits.append(hits)
         self.perrs.append(perrs)
         self.classes.append(classes.astype(np.int32).ravel())
         self.scores.append(scores.ravel())
         self.labels.append(top_labels.ravel())
-        self.class_positives += labels.sum(axis=0)
-        return classes
+        return rows, classes.ravel()
 
     def result(self, filter_empty_classes):
         hits = np.concatenate(self.hits) if self.hits else np.zeros(0)
@@ -282,6 +300,29 @@ class _Stream:
             "map": _mean_of_aps(aps, self.class_positives, filter_empty_classes),
             "num_videos": int(hits.size),
         }
+
+
+def _rated_video_stats(predictions, labels, rated, k):
+    """`_video_stats` over the rated entries only (a sparse list; rows without one are left out).
+
+    Returns the kept top-k entries as flat `rows, classes, scores, labels`,
+    Hit@1 and PERR of every row with a rated entry, and the class ids of all
+    rated positives.
+    """
+    n = predictions.shape[0]
+    rows, classes = np.nonzero(rated)
+    scores, y = predictions[rows, classes], labels[rows, classes]
+    # Row by row, best first under the module's tie rule (negatives, then lower class ids, first).
+    order = np.lexsort((classes, y.astype(np.int8), -scores, rows))
+    rows, classes, scores, y = rows[order], classes[order], scores[order], y[order]
+    counts = np.bincount(rows, minlength=n)
+    rank = np.arange(rows.size) - (np.cumsum(counts) - counts)[rows]
+    num_pos = np.bincount(rows[y], minlength=n)
+    hits = y[rank == 0].astype(np.float64)
+    found = np.bincount(rows[y & (scores > 0) & (rank < num_pos[rows])], minlength=n)
+    perrs = (found / np.maximum(num_pos, 1))[counts > 0]
+    top = rank < k
+    return rows[top], classes[top], scores[top], y[top], hits, perrs, classes[y]
 
 
 class YT8MMetrics:
@@ -305,8 +346,20 @@ class YT8MMetrics:
             level -> class ids (a class may then sit in several levels).
         filter_empty_classes: MAP convention, see `mean_average_precision`.
 
-    Call: `update(predictions, labels)` with `[batch, C]` scores and 0/1
-    labels; `result()` -> dict of `hit_at_one`, `perr`, `gap`, `map`, error
+    Label weights (`update(..., label_weights)`, 0/1 `[batch, C]`): only
+    the entries of weight 1 exist for the metrics, as the loss of
+    `vt_keras.tasks.yt8m` counts only them. A video's Hit@1, PERR and top k
+    are taken over its weighted classes, a positive of weight 0 is no
+    positive, and a video without any weighted class is left out. With one
+    weighted class per row (the rated (segment, class) pairs of
+    `vt_keras.data.segments.segment_dataset`) each class's AP runs over the
+    scores of its rated segments, which is the 2019 challenge's MAP
+    (`vt_keras.metrics.segments.segment_map`) of a submission that lists
+    every segment by score (equal scores aside), and `num_videos` counts the
+    rated pairs.
+
+    Call: `update(predictions, labels, label_weights=None)` with `[batch, C]`
+    scores and 0/1 labels; `result()` -> dict of `hit_at_one`, `perr`, `gap`, `map`, error
     rates `*_error` = 100 - 100 * metric, `num_videos`, and all of them again
     under `level_<l>/` for each level.
 
@@ -333,20 +386,25 @@ class YT8MMetrics:
         self._overall = _Stream(self.num_classes, self.top_k)
         self._per_level = {lvl: _Stream(ids.size, self.top_k) for lvl, ids in self._levels.items()}
 
-    def update(self, predictions, labels):
-        """Adds a batch of `[batch, C]` scores and 0/1 labels."""
+    def update(self, predictions, labels, label_weights=None):
+        """Adds a batch of `[batch, C]` scores and 0/1 labels (and 0/1 label weights: see the class)."""
         predictions, labels = _check_inputs(predictions, labels)
         if predictions.shape[1] != self.num_classes:
             raise DataError(
                 f"predictions must have num_classes={self.num_classes} columns; "
                 f"found {predictions.shape[1]}."
             )
-        top_classes = self._overall.update(predictions, labels)
+        rated = None if label_weights is None else _check_weights(label_weights, predictions.shape)
+        if rated is not None:
+            labels = labels & rated
+        rows, classes = self._overall.update(predictions, labels, rated)
         for lvl, ids in self._levels.items():
-            keep = self._in_level[lvl][top_classes].any(axis=1) | labels[:, ids].any(axis=1)
+            keep = labels[:, ids].any(axis=1)
+            keep[rows[self._in_level[lvl][classes]]] = True
             if keep.any():
                 grid = np.ix_(np.flatnonzero(keep), ids)
-                self._per_level[lvl].update(predictions[grid], labels[grid])
+                self._per_level[lvl].update(predictions[grid], labels[grid],
+                                            None if rated is None else rated[grid])
 
     def result(self):
         """The metrics so far as a dict of floats (see the class docstring)."""

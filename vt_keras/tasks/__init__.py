@@ -3,6 +3,7 @@
 Importing this package registers all of them; `config.task` picks one.
 """
 from vt_keras.tasks import yt8m  # noqa: F401
+from vt_keras.tasks import yt8m_video  # noqa: F401
 from vt_keras.tasks import correlation_tower  # noqa: F401
 from vt_keras.tasks import retrieval  # noqa: F401
 from vt_keras.tasks import retrieval_crossclr  # noqa: F401  (the "crossclr" retrieval loss)

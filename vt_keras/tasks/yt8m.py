@@ -3,22 +3,38 @@
 The task of configs/yt8m/classifier.py: the classifier of
 `vt_keras.models.video_classifier`, the starter code's multi-label
 cross-entropy, and GAP / MAP / PERR / Hit@1 per taxonomy level
-(`vt_keras.metrics.yt8m`).
+(`vt_keras.metrics.yt8m`). The video-level task
+(`vt_keras.tasks.yt8m_video`) is this one on `tf.train.Example`s.
+
+Rated segments (`data.segment_labels=True`, docs/yt8m_segments.md): each
+rated (segment, class) pair of the 2019 segment-rated files is one example
+(`vt_keras.data.segments.segment_dataset`): the segment's 5 frames, padded
+and masked to `data.max_frames` (video-level models: their mean), its
+rating as the class's label, and label weights of 1 at that class and 0
+elsewhere. The loss counts the weighted classes only (unrated classes add
+nothing), the evaluation runs `YT8MMetrics` with the same weights over the
+rated pairs of the evaluation files (its MAP is the challenge's MAP over
+every rated segment), and the default data is the embedded data's rated
+validation split for training and its rated test split for evaluation.
+`model.init_workdir` starts such a run from the weights of a workdir
+trained at video or frame level (`warm_start`).
 """
+import contextlib
 import os
 
 import numpy as np
 import tensorflow as tf
 
 from vt_keras import export
-from vt_keras.data import synthetic, yt8m
+from vt_keras.data import segments, synthetic, yt8m
 from vt_keras.data.quantization import dequantize_frames
 from vt_keras.data.taxonomy import Taxonomy, find_taxonomy, load_taxonomy
-from vt_keras.errors import ConfigError
+from vt_keras.errors import ConfigError, DataError
 from vt_keras.metrics.categories import CategoryMetrics, category_classes, format_category_table
 from vt_keras.metrics.yt8m import YT8MMetrics, format_table
 from vt_keras.models.video_classifier import (CKA_LAYER, TOWER_LAYER, alignment_view, build_tower_model,
                                               build_video_classifier)
+from vt_keras.tasks.warm_start import check_init_workdir, load_workdir_weights
 from vt_keras.train import checkpoints
 from vt_keras.train.checkpoints import track_variables
 from vt_keras.train.task import TASKS, Task, fill_default_data
@@ -26,12 +42,51 @@ from vt_keras.train.task import TASKS, Task, fill_default_data
 EPSILON = 1e-7
 
 
-def multilabel_cross_entropy(labels, probs):
-    """Per-example binary cross-entropy summed over classes (the starter code's loss), float32."""
+def multilabel_cross_entropy(labels, probs, label_weights=None):
+    """Per-example binary cross-entropy summed over classes (the starter code's loss), float32.
+
+    Args:
+        labels: `[B, C]` targets in [0, 1].
+        probs: `[B, C]` predicted probabilities.
+        label_weights: optional `[B, C]` weight of each class's term (the
+            starter code's segment training: 1 for the rated class, 0 for the
+            others, so unrated classes add nothing).
+
+    Returns:
+        float32 `[B]`: `Σ_c w_c · CE(labels_c, probs_c)`.
+
+    Example:
+        >>> per_example = multilabel_cross_entropy(batch["labels"], probs, batch["label_weights"])
+    """
     labels = tf.cast(labels, tf.float32)
     probs = tf.clip_by_value(tf.cast(probs, tf.float32), EPSILON, 1.0 - EPSILON)
     ce = -(labels * tf.math.log(probs) + (1.0 - labels) * tf.math.log(1.0 - probs))
+    if label_weights is not None:
+        ce = ce * tf.cast(label_weights, tf.float32)
     return tf.reduce_sum(ce, axis=-1)
+
+
+def fill_default_segment_data(data_cfg, ensure_data, log=print):
+    """An empty `data.train_pattern` under `data.segment_labels`: the embedded data's rated splits.
+
+    Training reads the rated validation split and evaluation the rated test
+    split, as in the 2019 challenge (fine-tune on the validation ratings,
+    rank the test segments); the embedded data's test ratings are public.
+
+    Returns:
+        True when the embedded data was substituted.
+    """
+    if data_cfg.train_pattern:
+        return False
+    log("embedded default data (rated segments): generating it once into the cache if missing ...")
+    root = ensure_data()
+    log(f"embedded default data (rated segments): {root}")
+    data_cfg.train_pattern = os.path.join(root, "validate-*.tfrecord")
+    data_cfg.eval_pattern = data_cfg.eval_pattern or os.path.join(root, "test-*.tfrecord")
+    if not data_cfg.test_pattern:
+        data_cfg.test_pattern = os.path.join(root, "test-*.tfrecord")
+    return True
+
 
 # The task that trains the correlation tower the cm_* fusions load (tasks/correlation_tower.py).
 TOWER_TASK = "correlation_tower"
@@ -50,15 +105,31 @@ class YT8MClassification(Task):
     # values outside the model sets "float32".
     input_dtype = "uint8"
 
+    # A data error that found the other kind of record (the readers name it) gets this hint.
+    OTHER_KIND = ("(a video-level tf.train.Example)",
+                  ("this config reads frame-level records; for video-level files use configs/yt8m/video_moe.py or "
+                   "configs/yt8m/video_logistic.py"))
+
+    # The records this task reads outside segment mode, for the default data.
+    DEFAULT_DATA = staticmethod(synthetic.ensure_default_data)
+    DEFAULT_DATA_NAME = "embedded default data"
+
     def __init__(self, config):
         super().__init__(config)
         self._alignment_views = {}  # id(model) -> alignment_view(model), built on first use
 
     @classmethod
     def prepare_config(cls, config, log=print):
-        """Empty `data.train_pattern`: the embedded default data; `num_classes` 0: from its taxonomy."""
+        """Empty `data.train_pattern`: the embedded default data; `num_classes` 0: from its taxonomy.
+
+        Then checks `model.init_workdir`, where the config has one (`check_init_workdir`).
+        """
         d = config.data
-        used_default = fill_default_data(d, synthetic.ensure_default_data, "embedded default data", log)
+        if d.segment_labels:
+            # Rated segments live in frame-level records, whatever the model reads.
+            used_default = fill_default_segment_data(d, synthetic.ensure_default_data, log)
+        else:
+            used_default = fill_default_data(d, cls.DEFAULT_DATA, cls.DEFAULT_DATA_NAME, log)
         if not d.eval_pattern:
             raise ConfigError("data.eval_pattern is empty; expected the validation files' pattern")
         if int(d.num_classes) <= 0:
@@ -67,6 +138,10 @@ class YT8MClassification(Task):
                 raise ConfigError(f"data.num_classes={d.num_classes} and no taxonomy.json beside "
                                   f"{d.train_pattern}; set --config.data.num_classes (3862 for YouTube-8M)")
             d.num_classes = Taxonomy.load(path).num_classes
+        # Before bin/train saves the config: a wrong warm start must leave no workdir behind. The
+        # correlation tower's config has no model.init_workdir (it warm-starts from nothing).
+        if "init_workdir" in config.model:
+            check_init_workdir(config)
         return used_default
 
     @property
@@ -81,18 +156,29 @@ class YT8MClassification(Task):
     def max_frames(self):
         return int(self.config.data.max_frames)
 
+    @property
+    def segment_labels(self):
+        """Whether examples are rated (segment, class) pairs (see the module docstring)."""
+        return bool(self.config.data.segment_labels)
+
     def build_model(self):
         model = build_video_classifier(self.config.model, self.features, self.num_classes, self.max_frames)
         return track_variables(model)
 
     def warm_start(self, model):
-        """Loads the trained correlation tower of `model.tower_workdir` into a cm_* classifier.
+        """Loads the trained correlation tower of a cm_* classifier, then the weights of `model.init_workdir`.
 
         The classifier's `correlation_tower` layer is frozen, so the loaded
-        weights stay as trained. Other fusions load nothing. A tower workdir
+        weights stay as trained. Other fusions load no tower. A tower workdir
         of another task, tower size or feature sizes is one `ConfigError`
         line; a missing or unfitting checkpoint one `CheckpointError` line.
+        A non-empty `model.init_workdir` then loads every weight of that
+        workdir's latest checkpoint (see `load_workdir_weights`).
         """
+        self._load_tower(model)
+        load_workdir_weights(model, self.config)
+
+    def _load_tower(self, model):
         if not self.config.model.fusion.startswith("cm_"):
             return
         workdir, model_cfg = self.config.model.tower_workdir, self.config.model
@@ -122,7 +208,24 @@ class YT8MClassification(Task):
                                      model=tower_model)
         model.get_layer(TOWER_LAYER).set_weights(tower_model.get_layer(TOWER_LAYER).get_weights())
 
+    @contextlib.contextmanager
+    def error_context(self):
+        """`data_errors()`, with a pointer to the right config when the records are of the other kind."""
+        found, hint = self.OTHER_KIND
+        if self.segment_labels:
+            found, hint = YT8MClassification.OTHER_KIND[0], ("data.segment_labels=true reads the rated segments "
+                                                             "of frame-level records (the 2019 validate/test files)")
+        try:
+            with yt8m.data_errors():
+                yield
+        except DataError as e:
+            if found not in str(e):
+                raise
+            raise DataError(f"{e}; {hint}") from None
+
     def dataset(self, pattern, batch_size, training=False, input_context=None, skip_batches=0):
+        if self.segment_labels:
+            return self.rated_segment_dataset(pattern, batch_size, training, input_context, skip_batches)
         d = self.config.data
         return yt8m.frame_dataset(
             pattern, batch_size, features=self.features, max_frames=self.max_frames,
@@ -130,6 +233,45 @@ class YT8MClassification(Task):
             input_context=input_context, seed=self.data_seed, skip_batches=skip_batches,
             skip_corrupt_records=d.skip_corrupt_records, dtype=self.input_dtype,
             l2_normalize=d.l2_normalize and self.input_dtype == "float32")
+
+    # Video-level models read each segment as the mean of its frames (`mean_<feature>`).
+    POOLED_SEGMENTS = False
+
+    @property
+    def segment_features(self):
+        """The frame features the rated segments are read from."""
+        return self.features
+
+    def rated_segment_dataset(self, pattern, batch_size, training=False, input_context=None,
+                              skip_batches=0):
+        """Rated (segment, class) pairs of `pattern` as model inputs, `labels` and `label_weights`.
+
+        Frame-level models get the segment's frames padded (and masked) to
+        `data.max_frames`, as the export's `predict_features` pads them when
+        `bin/predict --segments` scores segments.
+        """
+        d = self.config.data
+        ds = segments.segment_dataset(
+            pattern, batch_size, features=self.segment_features, num_classes=self.num_classes,
+            max_frames=self.max_frames, pooled=self.POOLED_SEGMENTS, l2_normalize=d.l2_normalize,
+            shuffle=training, repeat=training, drop_remainder=training, input_context=input_context,
+            seed=self.data_seed, skip_corrupt_records=d.skip_corrupt_records, skip_batches=skip_batches)
+        if self.POOLED_SEGMENTS:
+            return ds
+        if self.max_frames < segments.SEGMENT_FRAMES:
+            raise ConfigError(f"data.max_frames={self.max_frames} is shorter than a segment "
+                              f"({segments.SEGMENT_FRAMES} frames); expected >= {segments.SEGMENT_FRAMES}")
+        names = [name for name, _ in self.features]
+
+        def pad(batch):
+            extra = self.max_frames - segments.SEGMENT_FRAMES
+            batch = dict(batch)
+            for name in names:
+                batch[name] = tf.pad(batch[name], [[0, 0], [0, extra], [0, 0]])
+            batch["mask"] = tf.pad(batch["mask"], [[0, 0], [0, extra]])
+            return batch
+
+        return ds.map(pad, num_parallel_calls=tf.data.AUTOTUNE)
 
     def train_dataset(self, input_context, skip_batches=0):
         per_replica = input_context.get_per_replica_batch_size(int(self.config.train.batch_size))
@@ -148,6 +290,11 @@ class YT8MClassification(Task):
         inputs["mask"] = mask
         return inputs
 
+    def per_example_loss(self, batch, probs):
+        """The starter code's cross-entropy of each example; rated segments count their rated class only."""
+        weights = batch["label_weights"] if self.segment_labels else None
+        return multilabel_cross_entropy(batch["labels"], probs, weights)
+
     def loss_fn(self, model, batch, ctx):
         metrics, alignment = {}, 0.0
         if self.config.model.cka.weight > 0:
@@ -160,7 +307,7 @@ class YT8MClassification(Task):
             metrics["cka"] = tf.identity(model.get_layer(CKA_LAYER).last_cka)
         else:
             probs = model(self.model_inputs(batch), training=True)
-        per_example = multilabel_cross_entropy(batch["labels"], probs)
+        per_example = self.per_example_loss(batch, probs)
         # main_weight is 0 during the CKA-only warm-up (train.cka_warmup_steps).
         return ctx.main_weight * ctx.mean_over_global_batch(per_example) + alignment, metrics
 
@@ -183,6 +330,8 @@ class YT8MClassification(Task):
 
     def evaluate(self, model, pattern, **kwargs):
         """Metrics overall, per taxonomy level and per top-level category (`vt_keras.metrics.categories`)."""
+        if self.segment_labels:
+            return self.evaluate_rated_segments(model, pattern)
         taxonomy = self.taxonomy(pattern)
         top_k = self.config.eval.top_k
         acc = YT8MMetrics(self.num_classes, top_k=top_k, taxonomy=None if taxonomy is None else taxonomy.levels())
@@ -195,8 +344,45 @@ class YT8MClassification(Task):
                 accumulator.update(probs, labels)
         return {k: float(v) for a in accumulators for k, v in a.result().items()}
 
+    def evaluate_rated_segments(self, model, pattern):
+        """`YT8MMetrics` over the rated (segment, class) pairs of `pattern`, weighted by their label weights.
+
+        Each pair is one row with one weighted class, so `map` is the 2019
+        challenge's MAP over every rated segment of the files (ties aside)
+        and `num_videos` counts the pairs; a rating above 0.5 is a positive.
+        """
+        taxonomy = self.taxonomy(pattern)
+        acc = YT8MMetrics(self.num_classes, top_k=self.config.eval.top_k,
+                          taxonomy=None if taxonomy is None else taxonomy.levels())
+        for _, probs, labels, weights in self.predict_rated_segments(model, pattern):
+            acc.update(probs, labels > 0.5, weights)
+        results = acc.result()
+        # Ratings are usually of one level (the challenge's 1,000 classes); levels without a rated pair
+        # have no metrics (NaN) and are left out.
+        empty = {k.split("/")[0] for k, v in results.items() if k.endswith("/num_videos") and v == 0}
+        return {k: float(v) for k, v in results.items() if k.split("/")[0] not in empty}
+
+    def predict_rated_segments(self, model, pattern, batch_size=None):
+        """Yields `(segment ids, probabilities, labels, label_weights)` numpy batches of the rated pairs."""
+        ds = self.rated_segment_dataset(pattern, batch_size or self.config.eval.batch_size)
+
+        @tf.function
+        def forward(batch):
+            return model(self.model_inputs(batch), training=False)
+
+        for batch in yt8m.iterate(ds):
+            ids = [segments.segment_id(v, s) for v, s in zip(batch["id"].numpy(), batch["segment_start"].numpy())]
+            yield (ids, np.asarray(forward(batch), np.float32), batch["labels"].numpy(),
+                   batch["label_weights"].numpy())
+
     def baseline(self, train_pattern, eval_pattern):
-        """Metrics of scoring every video with the training label frequencies."""
+        """Metrics of scoring every video with the training label frequencies.
+
+        Rated segments: every pair is scored with its class's fraction of
+        positive ratings among the training pairs.
+        """
+        if self.segment_labels:
+            return self._rated_segments_baseline(train_pattern, eval_pattern)
         counts = np.zeros(self.num_classes, np.float64)
         total = 0
         for batch in yt8m.iterate(self.dataset(train_pattern, 512)):
@@ -207,6 +393,18 @@ class YT8MClassification(Task):
         for batch in yt8m.iterate(self.dataset(eval_pattern, 512)):
             labels = batch["labels"].numpy()
             acc.update(np.broadcast_to(prior, labels.shape), labels)
+        return {k: float(v) for k, v in acc.result().items()}
+
+    def _rated_segments_baseline(self, train_pattern, eval_pattern):
+        positives, rated = np.zeros(self.num_classes), np.zeros(self.num_classes)
+        for batch in yt8m.iterate(self.rated_segment_dataset(train_pattern, 512)):
+            positives += (batch["labels"].numpy() > 0.5).sum(0)
+            rated += batch["label_weights"].numpy().sum(0)
+        prior = (positives / np.maximum(rated, 1)).astype(np.float32)
+        acc = YT8MMetrics(self.num_classes, top_k=self.config.eval.top_k)
+        for batch in yt8m.iterate(self.rated_segment_dataset(eval_pattern, 512)):
+            labels = batch["labels"].numpy()
+            acc.update(np.broadcast_to(prior, labels.shape), labels > 0.5, batch["label_weights"].numpy())
         return {k: float(v) for k, v in acc.result().items()}
 
     def export(self, model, export_dir):
