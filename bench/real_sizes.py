@@ -116,6 +116,7 @@ def main():
     parser.add_argument("--steps", type=int, default=6, help="training steps per setting (>= 3)")
     parser.add_argument("--records", type=int, default=64, help="records written per setting")
     parser.add_argument("--settings", default="real,small", help="comma-separated: real, small")
+    parser.add_argument("--json", default=None, help="also write the results to this JSON file")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # the child process of one setting
     args = parser.parse_args()
     if args.one:
@@ -137,6 +138,9 @@ def main():
               f"{r['parameters']:>13,}{r['train_examples_per_s']:>11.1f}{r['predict_examples_per_s']:>13.1f}"
               f"{r['peak_rss_mib']:>13,.0f}{r['train_peak_rss_mib']:>14,.0f}")
     print(json.dumps(results))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"results": results, "load_average_end": os.getloadavg()}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,9 @@ The benchmarks (`--only` picks some, comma-separated):
 - `steps_per_loop`: `bench/steps_per_loop.py` (`bin/train`'s code path,
   N = 1 against N = 20);
 - `soft_dtw`: `bench/soft_dtw.py` (our kernel against the published
-  packages that are installed).
+  packages that are installed);
+- `real_sizes`: `bench/real_sizes.py` (peak memory and examples/s of
+  training and prediction at YouTube-8M's sizes; not in `--quick`).
 
 On a machine with a GPU nothing changes on the command line: the machine
 description lists the GPUs TensorFlow sees, a probe checks that an op placed
@@ -40,7 +42,8 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(REPO, "bench")
 
-ALL = ("input_pipeline", "train_step", "train_step_300", "steps_per_loop", "soft_dtw")
+ALL = ("input_pipeline", "train_step", "train_step_300", "steps_per_loop", "soft_dtw", "real_sizes")
+QUICK = ALL[:-1]  # real_sizes needs several GiB and minutes per setting: full runs only
 # T = 300 measures the Transformers only: the other aggregators' ratio to late fusion does not grow with T.
 TRANSFORMERS = "transformer_late,transformer_cm_gated,transformer_cm_concat,transformer_early"
 QUICK_CONFIGS = ("late_fusion,rnn_late,rnn_cm_gated,netvlad_late,netvlad_cm_concat," + TRANSFORMERS)
@@ -67,6 +70,7 @@ def commands(quick):
                            "--precisions", "float32,mixed_bfloat16", "--jit_compile", "false,true"],
         "steps_per_loop": [py, f"{BENCH}/steps_per_loop.py"],
         "soft_dtw": [py, f"{BENCH}/soft_dtw.py"],
+        "real_sizes": [py, f"{BENCH}/real_sizes.py"],
     }
 
 
@@ -207,11 +211,21 @@ def md_soft_dtw(r):
     return lines
 
 
+def md_real_sizes(r):
+    lines = ["| setting | classes | frames | parameters | train ex/s | predict ex/s | peak RSS MiB |",
+             "|---|---|---|---|---|---|---|"]
+    for row in r["results"]:
+        lines.append(f"| {row['setting']} | {row['num_classes']:,} | {row['max_frames']} | {row['parameters']:,} | "
+                     f"{row['train_examples_per_s']:.1f} | {row['predict_examples_per_s']:.1f} | "
+                     f"{row['peak_rss_mib']:,.0f} |")
+    return lines
+
+
 RENDER = {"input_pipeline": md_input_pipeline, "train_step": md_train_step, "train_step_300": md_train_step,
-          "steps_per_loop": md_steps_per_loop, "soft_dtw": md_soft_dtw}
+          "steps_per_loop": md_steps_per_loop, "soft_dtw": md_soft_dtw, "real_sizes": md_real_sizes}
 TITLES = {"input_pipeline": "Input pipeline", "train_step": "Training step, T = 100",
           "train_step_300": "Training step, T = 300 (Transformers)", "steps_per_loop": "Steps per loop",
-          "soft_dtw": "Soft-DTW"}
+          "soft_dtw": "Soft-DTW", "real_sizes": "Real YouTube-8M sizes"}
 
 
 def markdown(machine, results, quick):
@@ -231,11 +245,11 @@ def main():
     parser.add_argument("--quick", action="store_true", help="smaller runs: under 10 minutes on 2 CPU cores")
     parser.add_argument("--only", default="", help=f"comma-separated subset of {', '.join(ALL)}")
     args = parser.parse_args()
-    names = [n for n in args.only.split(",") if n] or list(ALL)
-    unknown = [n for n in names if n not in ALL]
+    names = [n for n in args.only.split(",") if n] or list(QUICK if args.quick else ALL)
+    unknown = [n for n in names if n not in (QUICK if args.quick else ALL)]
     if unknown:
         parser.error(f"--only={args.only}: unknown benchmark(s) {', '.join(unknown)}; expected some of "
-                     f"{', '.join(ALL)}")
+                     f"{', '.join(QUICK if args.quick else ALL)}")
     os.makedirs(args.output_dir, exist_ok=True)
     machine = describe_machine()
     print(md_machine(machine), flush=True)
