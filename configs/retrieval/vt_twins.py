@@ -33,6 +33,9 @@ def get_config():
         # before S2DTW), switched off there. It enumerates every permutation moving no element by
         # more than 2: 400 for n = 8 but 11,854 for n = 12, so use it with data.max_clips = 8.
         augment=False,
+        # Divide each pair's S2DTW by its clips plus captions (ours; neither the paper nor the
+        # code): scores on a cosine scale, comparable between videos of different lengths.
+        length_normalize=False,
     )
     c.loss.augment_seed = 0  # seed of the augmentation's draws (a SeedGenerator checkpointed with the run)
     # The pooled symmetric InfoNCE of info_nce.py (loss.info_nce) added with this weight;
