@@ -1,11 +1,15 @@
 """VT-TWINS loss against an independent float64 numpy re-implementation of the released code."""
 import itertools
+import os
+import subprocess
+import sys
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from tests.conftest import REPO_ROOT
 from vt_keras.distributed import replica_gather
 from vt_keras.errors import ConfigError, UserError
 from vt_keras.losses.vt_twins import (
@@ -63,13 +67,16 @@ def _sdtw(cost, gamma):
     return r[n, m]
 
 
-def _reference_loss(video, text, video_mask=None, text_mask=None, gamma=0.1, theta=0.5, tau=1.0, symmetric=False):
-    """The released code's loss, written from its description, in float64."""
+def _reference_loss(video, text, video_mask=None, text_mask=None, gamma=0.1, theta=0.5, tau=1.0, symmetric=False,
+                    length_normalize=False):
+    """The released code's loss, written from its description, in float64 (the normalisation: ours)."""
     unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)  # noqa: E731
     videos = [unit(v if video_mask is None else v[mk]) for v, mk in zip(video, video_mask if video_mask is not None else video)]
     texts = [unit(t if text_mask is None else t[mk]) for t, mk in zip(text, text_mask if text_mask is not None else text)]
     g = len(videos)
     s = np.array([[_sdtw(_weak(_smooth(-videos[q] @ texts[p].T, gamma), theta), gamma) for q in range(g)] for p in range(g)])
+    if length_normalize:
+        s = s / np.array([[len(videos[q]) + len(texts[p]) for q in range(g)] for p in range(g)])
     logits = -s / tau
 
     def lse(a, axis):
@@ -145,6 +152,92 @@ def test_masked_clips_and_captions_change_nothing(embeddings):
     grad_video, grad_text = (g.numpy() for g in tape.gradient(loss, [video_t, text_t]))
     assert np.all(grad_video[~video_mask] == 0.0) and np.all(grad_text[~text_mask] == 0.0)
     assert np.all(np.isfinite(grad_video)) and np.abs(grad_video[video_mask]).min() > 0.0
+
+
+def _ragged_masks():
+    """Masks giving videos of 4, 2, 3, 4 clips and texts of 3, 1, 2, 3 captions (padding anywhere)."""
+    video_mask, text_mask = np.ones((B, N), bool), np.ones((B, M), bool)
+    video_mask[1, 2:] = video_mask[2, 0] = False
+    text_mask[1, 1:] = text_mask[2, 1] = False
+    return video_mask, text_mask
+
+
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_length_normalized_scores_match_reference(embeddings, symmetric):
+    video, text = embeddings
+    video_mask, text_mask = _ragged_masks()
+    video_t, text_t = tf.constant(video), tf.constant(text)
+    with tf.GradientTape() as tape:
+        tape.watch([video_t, text_t])
+        loss = vt_twins_loss(video_t, text_t, video_mask, text_mask, temperature=0.05, symmetric=symmetric,
+                             length_normalize=True)
+    want = _reference_loss(video, text, video_mask, text_mask, tau=0.05, symmetric=symmetric, length_normalize=True)
+    np.testing.assert_allclose(loss.numpy(), want, rtol=1e-12)
+    # The per-pair divisor matters: the unnormalised loss at any one τ differs.
+    assert abs(want - _reference_loss(video, text, video_mask, text_mask, tau=0.05 * (N + M),
+                                      symmetric=symmetric)) > 1e-3
+    # Gradients: central differences of the float64 loss along random directions.
+    grads = [g.numpy() for g in tape.gradient(loss, [video_t, text_t])]
+    rng = np.random.default_rng(9)
+    eps = 1e-5
+    for _ in range(3):
+        du, dv = rng.normal(size=video.shape), rng.normal(size=text.shape)
+        du[~video_mask] = dv[~text_mask] = 0.0
+        f = lambda a: _reference_loss(video + a * du, text + a * dv, video_mask, text_mask, tau=0.05,  # noqa: E731
+                                      symmetric=symmetric, length_normalize=True)
+        np.testing.assert_allclose(np.sum(grads[0] * du) + np.sum(grads[1] * dv), (f(eps) - f(-eps)) / (2 * eps),
+                                   rtol=1e-6, atol=1e-8)
+
+
+def test_length_normalized_equals_a_scaled_temperature_for_equal_lengths(embeddings):
+    # Every pair has N + M elements: dividing S by N + M is τ multiplied by N + M.
+    video, text = embeddings
+    got = vt_twins_loss(video, text, temperature=0.02, length_normalize=True).numpy()
+    np.testing.assert_allclose(got, vt_twins_loss(video, text, temperature=0.02 * (N + M)).numpy(), rtol=1e-12)
+
+
+_BACKEND_SCRIPT = """
+import sys
+import numpy as np
+from vt_keras.backend import value_and_grad
+from vt_keras.losses.vt_twins import vt_twins_loss
+inputs = dict(np.load(sys.argv[1]))
+value, grads = value_and_grad(
+    lambda v, t: vt_twins_loss(v, t, inputs["video_mask"], inputs["text_mask"], temperature=0.1,
+                               symmetric=True, length_normalize=True),
+    [inputs["video"], inputs["text"]])
+np.savez(sys.argv[2], value=np.asarray(value), **{f"grad{i}": np.asarray(g) for i, g in enumerate(grads)})
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_length_normalized_loss_on_other_backends(embeddings, tmp_path, backend):
+    """JAX and PyTorch (float32, in a process of their own) against the float64 loss and its TF gradients."""
+    pytest.importorskip(backend)
+    video, text = embeddings
+    video_mask, text_mask = _ragged_masks()
+    np.savez(tmp_path / "in.npz", video=video.astype(np.float32), text=text.astype(np.float32),
+             video_mask=video_mask, text_mask=text_mask)
+    env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="2")
+    done = subprocess.run([sys.executable, "-c", _BACKEND_SCRIPT, str(tmp_path / "in.npz"), str(tmp_path / "out.npz")],
+                          cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    got = np.load(tmp_path / "out.npz")
+    video_t, text_t = tf.constant(video), tf.constant(text)
+    with tf.GradientTape() as tape:
+        tape.watch([video_t, text_t])
+        loss = vt_twins_loss(video_t, text_t, video_mask, text_mask, temperature=0.1, symmetric=True,
+                             length_normalize=True)
+    want_grads = [g.numpy() for g in tape.gradient(loss, [video_t, text_t])]
+    want = _reference_loss(video, text, video_mask, text_mask, tau=0.1, symmetric=True, length_normalize=True)
+    # float32 against float64: each reduction of at most K = 64 terms rounds by K·ε relative,
+    # through at most 4 chained reductions (4·64·ε), amplified by the soft-min's 1/γ = 10 and
+    # by 1/(τ·(n + m)) ≤ 10/3 of the normalised logits (n + m ≥ 3 here): 4·64·ε·34.
+    rtol = 4 * 64 * float(np.finfo(np.float32).eps) * 34
+    np.testing.assert_allclose(got["value"], want, rtol=rtol)
+    for i, g in enumerate(want_grads):
+        np.testing.assert_allclose(got[f"grad{i}"], g, rtol=rtol, atol=rtol * np.abs(g).max(), err_msg=f"grad{i}")
 
 
 def test_smoothing_and_weak_alignment_layout(rng):
@@ -261,6 +354,10 @@ def test_keras_loss_wrapper(embeddings):
     np.testing.assert_allclose(got, want, rtol=1e-5)
     restored = keras.losses.deserialize(keras.losses.serialize(loss))
     assert isinstance(restored, VTTwinsLoss) and restored.get_config() == loss.get_config()
+    normalized = VTTwinsLoss(num_clips=N, temperature=0.1, length_normalize=True)
+    want = _reference_loss(video, text, mask[:, :N], mask[:, N:], tau=0.1, length_normalize=True)
+    np.testing.assert_allclose(normalized(mask, joined).numpy(), want, rtol=1e-5)
+    assert keras.losses.deserialize(keras.losses.serialize(normalized)).length_normalize is True
     with pytest.raises(UserError, match=r"y_pred must be \[B, num_clips \+ m, d\] with num_clips = 4"):
         loss(np.zeros(B), video)
 

@@ -112,11 +112,13 @@ def numpy_s2dtw(v, t, gamma, theta):
     return numpy_soft_dtw(numpy_weak_matrix(v, t, gamma, theta), gamma)
 
 
-def numpy_vt_twins(video, text, video_mask, text_mask, gamma, theta, tau):
-    """Text-anchored InfoNCE over S[p, q] = S2DTW(video q, text p) of the valid rows."""
+def numpy_vt_twins(video, text, video_mask, text_mask, gamma, theta, tau, length_normalize=False):
+    """Text-anchored InfoNCE over S[p, q] = S2DTW(video q, text p) of the valid rows (÷ n_q + m_p if asked)."""
     b = len(video)
     s = np.array([[numpy_s2dtw(video[q][video_mask[q]], text[p][text_mask[p]], gamma, theta) for q in range(b)]
                   for p in range(b)])
+    if length_normalize:
+        s = s / (video_mask.sum(axis=1)[None, :] + text_mask.sum(axis=1)[:, None])
     logits = -s / tau
     top = logits.max(axis=1, keepdims=True)
     lse = top[:, 0] + np.log(np.exp(logits - top).sum(axis=1))
@@ -133,19 +135,30 @@ def numpy_info_nce(v, t, tau):
     return 0.5 * (ce(s) + ce(s.T))
 
 
-def test_config_defaults_follow_the_paper():
+def test_config_defaults_and_presets():
     c = vt_twins_config()
-    assert c.loss.name == "vt_twins" and c.task == "retrieval"
+    assert c.loss.name == "vt_twins" and c.task == "retrieval" and c.preset == "normalized"
     v = c.loss.vt_twins
-    assert (v.gamma, v.theta, v.temperature) == (0.1, 0.5, 0.02)
+    assert (v.gamma, v.theta, v.temperature, v.length_normalize) == (0.1, 0.5, 0.1, True)
     assert not v.symmetric and not v.augment and c.loss.info_nce_weight == 0.0
     assert c.loss.info_nce.temperature == 0.05  # the pooled term's τ: info_nce.py's
     assert "vt_twins" in retrieval.RETRIEVAL_LOSSES
+    # The paper's Eq. 12 (supplement: τ = 0.02) and the released code (no τ), one preset each;
+    # nothing else differs.
+    for preset, temperature in (("paper", 0.02), ("code", 1.0)):
+        other = load_config_file(f"configs/retrieval/vt_twins.py:{preset}")
+        assert (other.loss.vt_twins.temperature, other.loss.vt_twins.length_normalize) == (temperature, False)
+        other.loss.vt_twins.update(temperature=v.temperature, length_normalize=True)
+        other.preset = c.preset
+        assert other.to_dict() == c.to_dict()
+    with pytest.raises(ConfigError, match="normalized, paper, code"):
+        load_config_file("configs/retrieval/vt_twins.py:papers")
 
 
-@pytest.mark.parametrize("info_nce_weight", [0.0, 0.7])
-def test_task_loss_is_vt_twins_of_the_clip_and_caption_sequences(data, cache, info_nce_weight):
-    config = tiny_config(data, cache, **{"loss.info_nce_weight": info_nce_weight, "loss.vt_twins.temperature": 0.1})
+@pytest.mark.parametrize("info_nce_weight, length_normalize", [(0.0, False), (0.7, True)])
+def test_task_loss_is_vt_twins_of_the_clip_and_caption_sequences(data, cache, info_nce_weight, length_normalize):
+    config = tiny_config(data, cache, **{"loss.info_nce_weight": info_nce_weight, "loss.vt_twins.temperature": 0.1,
+                                         "loss.vt_twins.length_normalize": length_normalize})
     task = RetrievalTask(config)
     model = task.build_model()
     batch = next(iter(task.dataset(data[0], 6)))
@@ -154,10 +167,10 @@ def test_task_loss_is_vt_twins_of_the_clip_and_caption_sequences(data, cache, in
     loss, metrics = task.loss_fn(model, batch, StepContext(global_batch_size=6, num_replicas=1, gather=identity))
     out = model(task.model_inputs(batch), training=False)  # dropout 0: the training outputs
     direct = vt_twins_loss(out["video_sequence"], out["text_sequence"], out["video_mask"], out["text_mask"],
-                           gamma=0.1, theta=0.5, temperature=0.1)
+                           gamma=0.1, theta=0.5, temperature=0.1, length_normalize=length_normalize)
     as_np = {k: np.asarray(v, np.float64) for k, v in out.items()}
     reference = numpy_vt_twins(as_np["video_sequence"], as_np["text_sequence"], as_np["video_mask"] > 0,
-                               as_np["text_mask"] > 0, 0.1, 0.5, 0.1)
+                               as_np["text_mask"] > 0, 0.1, 0.5, 0.1, length_normalize)
     pooled = numpy_info_nce(as_np["video"], as_np["text"], 0.05)
     np.testing.assert_allclose(float(direct), reference, rtol=1e-4)
     np.testing.assert_allclose(float(metrics["vt_twins"]), float(direct) + info_nce_weight * pooled, rtol=1e-5)

@@ -16,6 +16,9 @@ caption sequence of `m` sentence embeddings (rows L2-normalised):
 
 This follows the authors' released code, which differs from the paper's Eq.
 12 in having no temperature; `temperature=1.0` reproduces the code exactly.
+`length_normalize=True` (ours, in neither) divides each pair's S2DTW by
+`n + m`, its clips plus captions, so that scores are on the scale of one
+cosine and comparable between videos of different lengths.
 """
 import functools
 
@@ -213,6 +216,7 @@ def vt_twins_loss(
     gather=None,
     augment=False,
     seed=None,
+    length_normalize=False,
 ):
     """VT-TWINS contrastive loss over S2DTW of every video–text pair.
 
@@ -241,9 +245,19 @@ def vt_twins_loss(
             the gather; see `temporal_augment`.
         seed: seed for `augment`: an int, a `keras.random.SeedGenerator` or
             a stateless seed tensor `[2]` (see `temporal_augment`).
+        length_normalize: divide `S[p, q]` by `n_q + m_p`, the valid clips
+            of video q plus the valid captions of text p (neither the paper
+            nor the code does). Unnormalised, S grows with the sequences'
+            lengths: for n = m = 8 and 128-d unit vectors, about −14 for a
+            well-aligned pair (cosine 0.96 per clip) against +3 for
+            unrelated ones (n = 4: −6 and +2), so τ = 0.02 puts logits
+            hundreds apart and a score depends on the lengths as much as on
+            the match. Normalised, the
+            same pairs score −0.85 and +0.2, a cosine-like scale; with the
+            paper's fixed n = m = 8 it is the unnormalised loss at `τ · 16`.
 
     Returns:
-        `mean_p [logsumexp_q(−S[p, q]/τ) + S[p, p]/τ]`.
+        `mean_p [logsumexp_q(−S[p, q]/τ) + S[p, p]/τ]`, S normalised if asked.
 
     Example:
         >>> loss = vt_twins_loss(clip_emb, caption_emb, temperature=1.0)
@@ -270,6 +284,10 @@ def vt_twins_loss(
         text = keras.ops.reshape(gather(text, axis=0), (-1,) + tuple(text.shape[1:]))
         video_lengths, text_lengths = gather(video_lengths, axis=0), gather(text_lengths, axis=0)
     scores = s2dtw_matrix(video, text, video_lengths, text_lengths, gamma, theta)
+    if length_normalize:
+        sizes = text_lengths[:, None] + video_lengths[None, :]
+        # max(·, 1): a pair of two empty sequences scores θ alone, left as it is.
+        scores = scores / keras.ops.cast(keras.ops.maximum(sizes, 1), scores.dtype)
     logits = -scores / temperature
     positives = keras.ops.diagonal(logits)
     loss = keras.ops.mean(keras.ops.logsumexp(logits, axis=1) - positives)
@@ -314,7 +332,8 @@ class VTTwinsLoss(keras.losses.Loss):
 
     Args:
         num_clips: `n`, how many rows of `y_pred` are clips.
-        gamma, theta, temperature, symmetric, augment: as in `vt_twins_loss`.
+        gamma, theta, temperature, symmetric, augment, length_normalize: as
+            in `vt_twins_loss`.
         gather: optional `gather(x, axis=0)` for the global batch; a function,
             so not part of the config: pass it again after loading.
 
@@ -333,6 +352,7 @@ class VTTwinsLoss(keras.losses.Loss):
         symmetric=False,
         augment=False,
         gather=None,
+        length_normalize=False,
         name="vt_twins_loss",
         **kwargs,
     ):
@@ -345,6 +365,7 @@ class VTTwinsLoss(keras.losses.Loss):
         self.temperature = temperature
         self.symmetric = symmetric
         self.augment = augment
+        self.length_normalize = length_normalize
         self.gather = gather
         self._seed = keras.random.SeedGenerator(0) if augment else None
 
@@ -372,6 +393,7 @@ class VTTwinsLoss(keras.losses.Loss):
             gather=self.gather,
             augment=self.augment,
             seed=self._seed,
+            length_normalize=self.length_normalize,
         )
 
     def get_config(self):
@@ -383,5 +405,6 @@ class VTTwinsLoss(keras.losses.Loss):
             temperature=self.temperature,
             symmetric=self.symmetric,
             augment=self.augment,
+            length_normalize=self.length_normalize,
         )
         return config
