@@ -116,6 +116,9 @@ def loss_cases():
                                 [series_x, series_y]),
         "vt_twins": (lambda v, t: losses.vt_twins_loss(v, t, video_mask=clip_mask, temperature=0.5,
                                                        symmetric=True), [clips, captions]),
+        "vt_twins_length_normalized": (
+            lambda v, t: losses.vt_twins_loss(v, t, video_mask=clip_mask, temperature=0.5, symmetric=True,
+                                              length_normalize=True), [clips, captions]),
         "weighted_binary_crossentropy": (
             lambda p: ops.mean(weighted_binary_crossentropy(labels, ops.sigmoid(p))), [normal(6)]),
     }

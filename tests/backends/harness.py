@@ -97,8 +97,10 @@ class BackendChecks:
         # through at most 4 chained reductions: 4·64·ε ≈ 3e-5 of the largest magnitude.
         # Some losses amplify their inputs' rounding: soft-min weights exp(−Δr/γ) by 1/γ
         # (γ = 0.1: soft-DTW, VT-TWINS, whose τ = 0.5 adds 1/τ), CrossCLR's anchor
-        # weights softmax((c/Σc)/κ) by 1/κ = 1/0.0035 ≈ 290.
-        amplification = {"soft_dtw": 10, "soft_dtw_divergence": 2, "vt_twins": 20, "crossclr_paper": 290,
+        # weights softmax((c/Σc)/κ) by 1/κ = 1/0.0035 ≈ 290. Length normalisation divides
+        # VT-TWINS' scores by n + m >= 2 before τ: no more amplification than without it.
+        amplification = {"soft_dtw": 10, "soft_dtw_divergence": 2, "vt_twins": 20, "vt_twins_length_normalized": 20,
+                         "crossclr_paper": 290,
                          "crossclr_released_code": 290, "crossclr_queue": 290}.get(name, 1)
         rtol = 4 * 64 * EPS32 * amplification
         arrays = run[1]
