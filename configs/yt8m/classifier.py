@@ -167,8 +167,10 @@ def cross_modal(aggregator):
         # CrossModalAttentionClusters; transform F over time: conv (kernel transform_kernel_size) | dense.
         return dict(video_clusters=ATTENTION_CLUSTERS["video"], audio_clusters=ATTENTION_CLUSTERS["audio"],
                     encoder=placeholder(str), encoder_units=128, transform="conv", transform_kernel_size=5)
-    # CrossModalTransformerEncoder: F is a depthwise convolution over each head's logit map.
-    return dict(transformer(), transform="conv", transform_kernel_size=3)
+    # CrossModalTransformerEncoder; F over time: separable (a rank-1 kernel on each head's logit map,
+    # computed from the queries and keys: a lead or lag of up to transform_kernel_size // 2 frames, at
+    # a fraction of the cost) | conv (a full kernel on the map) | dense (a per-head affine map).
+    return dict(transformer(), transform="separable", transform_kernel_size=3)
 
 
 def transformer():

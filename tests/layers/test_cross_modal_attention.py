@@ -75,7 +75,12 @@ def _np_cross_modal_mha(layer, video, audio, mask, correlation):
     gate = np.reshape(correlation, (-1, 1, 1, 1))
 
     def cross(f, logits):
-        kernel, bias = _w(f)
+        if layer.transform == "separable":
+            # The rank-1 kernel W_h[s, u] = a_h[s] b_h[u] convolved over the map, as "conv" would.
+            a, b, bias = _w(f)
+            kernel = np.einsum("sh,uh->suh", a, b)[..., None]
+        else:
+            kernel, bias = _w(f)
         return np.maximum(_np_depthwise_same(np.where(pairs, logits, 0.0), kernel, bias), 0) * gate
 
     probs_v = _np_softmax(logits_v + cross(layer.audio_to_video, logits_a), mask)
@@ -110,9 +115,15 @@ def test_zero_correlation_is_plain_masked_self_attention(rng):
         np.testing.assert_allclose(out.numpy(), expected, atol=1e-5)
 
 
-@pytest.mark.parametrize("transform", ["conv", "dense"])
+@pytest.mark.parametrize("transform", ["conv", "dense", "separable"])
 def test_cross_modal_values_match_numpy(rng, transform):
     layer = CrossModalMultiHeadAttention(num_heads=2, key_dim=4, transform=transform)
+    if transform == "separable":
+        # A non-zero bias, so that its place (added to every pair, before the ReLU) is checked too.
+        layer.build(tuple(x.shape for x in _pair(rng)))
+        for f in (layer.audio_to_video, layer.video_to_audio):
+            a, b, _ = f.get_weights()
+            f.set_weights([a, b, np.array([0.3, -0.2], "float32")])
     video, audio = _pair(rng)
     mask = _mask([6, 4])
     correlation = np.array([[1.0], [0.5]], "float32")
@@ -145,7 +156,43 @@ def test_conv_transform_can_shift_attention_in_time(rng):
     np.testing.assert_allclose(probs_v.numpy(), expected, atol=1e-5)
 
 
-@pytest.mark.parametrize("transform", ["conv", "dense"])
+def test_separable_transform_can_shift_attention_in_time(rng):
+    """a = b = e_{c−δ}: F moves the audio logit map δ frames along both time axes (a lag)."""
+    heads, size, shift = 2, 5, 2
+    layer = CrossModalMultiHeadAttention(num_heads=heads, key_dim=4, transform="separable",
+                                         transform_kernel_size=size)
+    video, audio = _pair(rng, steps=8)
+    layer.build((video.shape, audio.shape))
+    for dense in (layer.video_heads.query_dense, layer.video_heads.key_dense):
+        dense.set_weights([np.zeros_like(w) for w in dense.get_weights()])
+    impulse = np.zeros((size, heads), "float32")
+    impulse[(size - 1) // 2 - shift] = 1.0
+    layer.audio_to_video.set_weights([impulse, impulse, np.zeros(heads, "float32")])
+    _, _, (probs_v, _) = layer((video, audio), return_attention_scores=True)
+    logits_a = _np_logits(layer.audio_heads, audio.astype(np.float64))
+    shifted = np.zeros_like(logits_a)
+    shifted[:, :, shift:, shift:] = logits_a[:, :, :-shift, :-shift]
+    expected = _np_softmax(np.maximum(shifted, 0.0), np.ones((2, 8), bool))
+    np.testing.assert_allclose(probs_v.numpy(), expected, atol=1e-5)
+    # And F maps a map lagged by δ back onto the unlagged one: audio delayed by δ frames
+    # (zeros first), F's move of -δ, equals F = identity on the original audio where both exist.
+    delayed = np.concatenate([np.zeros_like(audio[:, :shift]), audio[:, :-shift]], axis=1)
+    back = np.zeros((size, heads), "float32")
+    back[(size - 1) // 2 + shift] = 1.0
+    layer.audio_to_video.set_weights([back, back, np.zeros(heads, "float32")])
+    cross_delayed = layer._cross_term(layer.audio_to_video, *layer.audio_heads.query_key(delayed),
+                                      None, None).numpy()
+    identity = np.zeros((size, heads), "float32")
+    identity[(size - 1) // 2] = 1.0
+    layer.audio_to_video.set_weights([identity, identity, np.zeros(heads, "float32")])
+    cross_original = layer._cross_term(layer.audio_to_video, *layer.audio_heads.query_key(audio),
+                                       None, None).numpy()
+    keep = 8 - shift
+    np.testing.assert_allclose(cross_delayed[:, :, :keep, :keep], cross_original[:, :, :keep, :keep],
+                               atol=1e-5)
+
+
+@pytest.mark.parametrize("transform", ["conv", "dense", "separable"])
 def test_gradient_reaches_transform(rng, transform):
     layer = CrossModalMultiHeadAttention(num_heads=2, key_dim=4, transform=transform)
     video, audio = _pair(rng)
@@ -163,9 +210,10 @@ def test_gradient_reaches_transform(rng, transform):
     assert transform_grad_norm(np.zeros(2, "float32")) == 0.0
 
 
-def test_mha_mixed_bfloat16_keeps_softmax_in_float32(rng):
+@pytest.mark.parametrize("transform", ["conv", "separable"])
+def test_mha_mixed_bfloat16_keeps_softmax_in_float32(rng, transform):
     keras.config.set_dtype_policy("mixed_bfloat16")
-    layer = CrossModalMultiHeadAttention(num_heads=2, key_dim=4)
+    layer = CrossModalMultiHeadAttention(num_heads=2, key_dim=4, transform=transform)
     video, audio = _pair(rng)
     mask = _mask([6, 4])
     out_v, out_a, scores = layer((video, audio), mask=(mask, mask), return_attention_scores=True)
@@ -176,12 +224,13 @@ def test_mha_mixed_bfloat16_keeps_softmax_in_float32(rng):
         np.testing.assert_array_equal(probs.numpy()[1, :, :, 4:], 0.0)
 
 
-def test_mha_layer_contract(rng):
+@pytest.mark.parametrize("transform", ["conv", "separable"])
+def test_mha_layer_contract(rng, transform):
     video, audio = _pair(rng)
     mask = _mask([6, 3])
     run_layer_test(
         CrossModalMultiHeadAttention,
-        {"num_heads": 2, "key_dim": 4, "transform": "conv", "transform_kernel_size": 3},
+        {"num_heads": 2, "key_dim": 4, "transform": transform, "transform_kernel_size": 3},
         (video, audio),
         mask=(mask, mask),
         call_kwargs={"correlation": np.array([1.0, 0.3], "float32")},
@@ -258,7 +307,7 @@ def test_cross_modal_encoder_contract(rng):
     mask = _mask([6, 3])
     run_layer_test(
         CrossModalTransformerEncoder,
-        dict(ENCODER, num_layers=1, dropout=0.1, pooling="mean_max", transform="conv"),
+        dict(ENCODER, num_layers=1, dropout=0.1, pooling="mean_max", transform="separable"),
         (video, audio),
         mask=(mask, mask),
         call_kwargs={"correlation": np.array([[1.0], [0.6]], "float32")},
@@ -270,7 +319,7 @@ def test_cross_modal_encoder_contract(rng):
 def test_bad_arguments_raise_clear_errors(rng):
     cases = [
         (CrossModalMultiHeadAttention, {"transform": "fft"},
-         "transform must be 'conv' or 'dense'; got 'fft'"),
+         r"transform must be one of \('conv', 'dense', 'separable'\); got 'fft'"),
         (CrossModalMultiHeadAttention, {"num_heads": 0}, "num_heads must be a positive int; got 0"),
         (TransformerEncoder, {"pooling": "sum"}, "pooling must be one of .*; got 'sum'"),
         (CrossModalTransformerEncoder, {"dropout": 1.0}, r"dropout must be a float in \[0, 1\); got 1.0"),

@@ -11,5 +11,6 @@ from vt_keras.layers.cross_modal_attention import (  # noqa: F401
     CrossModalTransformerEncoder,
     TransformerEncoder,
 )
+from vt_keras.layers.logit_transform import SeparableLogitTransform  # noqa: F401
 from vt_keras.layers.correlation_tower import CorrelationTower  # noqa: F401
 from vt_keras.layers.alignment import CKAAlignment  # noqa: F401

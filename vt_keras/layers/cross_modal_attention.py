@@ -11,10 +11,14 @@ from keras import ops
 
 from vt_keras.errors import ConfigError
 from vt_keras.layers import checks
-from vt_keras.layers.cross_modal import MASK_LOGIT, TRANSFORMS, correlation_gate
+from vt_keras.layers.cross_modal import MASK_LOGIT, correlation_gate
+from vt_keras.layers.logit_transform import SeparableLogitTransform
 from vt_keras.layers.pooling import FramePooling
 
 _POOLINGS = ("mean", "max", "mean_max")
+# The forms of F (see CrossModalMultiHeadAttention): the first two convolve the other modality's
+# logit map; "separable" filters its queries and keys along time before their product.
+FORMS = ("conv", "dense", "separable")
 _MHA_ARGS = ("num_heads", "key_dim", "value_dim", "transform", "transform_kernel_size", "dropout")
 _ENCODER_ARGS = ("num_layers", "num_heads", "key_dim", "intermediate_dim", "dropout", "pooling")
 
@@ -29,6 +33,11 @@ def masked_softmax(logits, key_mask):
         key_mask = ops.cast(key_mask, "bool")[:, None, None, :]
         logits = ops.where(key_mask, logits, MASK_LOGIT)
     return ops.softmax(logits, axis=-1)
+
+
+def logits(query, key):
+    """`[B, H, Tq, Tk]` dot products of `[B, T, H, dk]` queries and keys."""
+    return ops.einsum("bqhk,bthk->bhqt", query, key)
 
 
 class _Heads(keras.layers.Layer):
@@ -55,11 +64,15 @@ class _Heads(keras.layers.Layer):
         self.output_dense.build((None, None, self.num_heads, self.value_dim))
         self.built = True
 
+    def query_key(self, inputs):
+        """Scaled float32 queries and float32 keys, `[B, T, H, dk]` each."""
+        query = ops.cast(self.query_dense(inputs), "float32") / math.sqrt(self.key_dim)
+        return query, ops.cast(self.key_dense(inputs), "float32")
+
     def call(self, inputs):
         """Scaled float32 logits `[B, H, Tq, Tk]` and values `[B, T, H, dv]`."""
-        query = ops.cast(self.query_dense(inputs), "float32") / math.sqrt(self.key_dim)
-        key = ops.cast(self.key_dense(inputs), "float32")
-        return ops.einsum("bqhk,bthk->bhqt", query, key), self.value_dense(inputs)
+        query, key = self.query_key(inputs)
+        return logits(query, key), self.value_dense(inputs)
 
     def combine(self, probs, value):
         """Attention-weighted values, projected back to the input size."""
@@ -80,12 +93,18 @@ class CrossModalMultiHeadAttention(keras.layers.Layer):
     (CM-G; 1 when not given) and F a learned transform followed by a ReLU,
     applied to the other modality's logits per head:
 
-    - `transform="conv"`: a per-head (depthwise) 2-D convolution of the
-      `[T, T]` logit map, `padding="same"`. A kernel with a single 1 at offset
+    - `transform="conv"`: a per-head 2-D convolution of the `[T, T]` logit
+      map (zero padding, "same" size). A kernel with a single 1 at offset
       (s, s) from its centre moves the map s frames along both time axes, so F
       can express a lead or lag of up to `transform_kernel_size // 2` frames.
     - `transform="dense"`: a per-head affine map `w_i · L + b_i` (no shift).
+    - `transform="separable"`: "conv" with a rank-1 kernel `a b^T` per
+      head (a move along both time axes is rank 1, so the lead or lag stays
+      expressible), at a fraction of the cost (README, Performance).
 
+    "separable" is computed from the other modality's queries and keys,
+    filtered along time before their product
+    (`vt_keras.layers.logit_transform`), so no `[T, T]` map is convolved.
     The other modality's logits are zeroed on its padded frames before F, so
     padding never leaks through F; padded keys are removed before every
     softmax (float32). The paper writes the audio term with the video key
@@ -97,8 +116,9 @@ class CrossModalMultiHeadAttention(keras.layers.Layer):
         num_heads: attention heads per modality.
         key_dim: size of each head's queries and keys.
         value_dim: size of each head's values; None uses `key_dim`.
-        transform: "conv" or "dense", the form of F (see above).
-        transform_kernel_size: kernel size of the "conv" transform.
+        transform: "conv", "dense" or "separable", the form of F (see above).
+        transform_kernel_size: kernel size k of the "conv" and "separable"
+            transforms (a lead or lag of up to k // 2 frames).
         dropout: dropout rate on the attention probabilities.
         **kwargs: standard `keras.layers.Layer` arguments.
 
@@ -131,8 +151,8 @@ class CrossModalMultiHeadAttention(keras.layers.Layer):
                             ("transform_kernel_size", transform_kernel_size)):
             checks.positive_int(name, value)
         checks.positive_int("value_dim", value_dim, allow_none=True)
-        if transform not in TRANSFORMS:
-            raise ConfigError(f"transform must be 'conv' or 'dense'; got {transform!r}")
+        if transform not in FORMS:
+            raise ConfigError(f"transform must be one of {FORMS}; got {transform!r}")
         checks.dropout_rate(dropout)
         self.num_heads, self.key_dim, self.value_dim = num_heads, key_dim, value_dim
         self.transform, self.transform_kernel_size = transform, transform_kernel_size
@@ -142,9 +162,11 @@ class CrossModalMultiHeadAttention(keras.layers.Layer):
         heads = (num_heads, key_dim, value_dim or key_dim)
         self.video_heads = _Heads(*heads, dtype=self.dtype_policy, name="video_heads")
         self.audio_heads = _Heads(*heads, dtype=self.dtype_policy, name="audio_heads")
-        size = transform_kernel_size if transform == "conv" else 1
-
+        size = 1 if transform == "dense" else transform_kernel_size
         self.audio_to_video, self.video_to_audio = (
+            # float32 like the logits it adds to, under any precision policy.
+            SeparableLogitTransform(num_heads, size, dtype="float32", name=name)
+            if transform == "separable" else
             keras.layers.DepthwiseConv2D(size, padding="same", dtype=self.dtype_policy, name=name)
             for name in ("audio_to_video", "video_to_audio"))
         self.probs_dropout = keras.layers.Dropout(dropout, dtype=self.dtype_policy)
@@ -157,27 +179,38 @@ class CrossModalMultiHeadAttention(keras.layers.Layer):
         self.video_heads.build(video_shape)
         self.audio_heads.build(audio_shape)
         for transform in (self.audio_to_video, self.video_to_audio):
-            transform.build((None, None, None, self.num_heads))
+            if self.transform == "separable":
+                transform.build()
+            else:
+                transform.build((None, None, None, self.num_heads))
         self.built = True
 
-    def _cross_term(self, transform, other_logits, other_mask):
-        """ReLU(F(L_other)), float32 `[B, H, Tq, Tk]`."""
-        if other_mask is not None:
-            valid = ops.cast(other_mask, "bool")
+    def _cross_term(self, transform, query, key, logits, mask):
+        """ReLU(F(L_other)), float32 `[B, H, Tq, Tk]`, from the other modality's queries, keys, logits."""
+        if self.transform == "separable":
+            if mask is not None:
+                # Zero rows of Q and K are the logit map zeroed at every pair with a padded frame.
+                valid = ops.cast(mask, "float32")[:, :, None, None]
+                query, key = query * valid, key * valid
+            return transform(query, key)
+        if mask is not None:
+            valid = ops.cast(mask, "bool")
             pairs = ops.logical_and(valid[:, None, :, None], valid[:, None, None, :])
-            other_logits = ops.where(pairs, other_logits, 0.0)
+            logits = ops.where(pairs, logits, 0.0)
         # The depthwise convolution wants the heads as channels, last.
-        mapped = transform(ops.transpose(other_logits, (0, 2, 3, 1)))
+        mapped = transform(ops.transpose(logits, (0, 2, 3, 1)))
         return ops.relu(ops.cast(ops.transpose(mapped, (0, 3, 1, 2)), "float32"))
 
     def call(self, inputs, mask=None, correlation=None, return_attention_scores=False,
              training=None):
         video, audio = checks.pair(self, inputs, "inputs")
         video_mask, audio_mask = checks.pair(self, mask, "mask")
-        logits_v, value_v = self.video_heads(video)
-        logits_a, value_a = self.audio_heads(audio)
-        cross_v = self._cross_term(self.audio_to_video, logits_a, audio_mask)
-        cross_a = self._cross_term(self.video_to_audio, logits_v, video_mask)
+        query_v, key_v = self.video_heads.query_key(video)
+        query_a, key_a = self.audio_heads.query_key(audio)
+        logits_v, logits_a = logits(query_v, key_v), logits(query_a, key_a)
+        value_v, value_a = self.video_heads.value_dense(video), self.audio_heads.value_dense(audio)
+        cross_v = self._cross_term(self.audio_to_video, query_a, key_a, logits_a, audio_mask)
+        cross_a = self._cross_term(self.video_to_audio, query_v, key_v, logits_v, video_mask)
         if correlation is not None:
             gate = correlation_gate(correlation, 4)
             cross_v, cross_a = cross_v * gate, cross_a * gate
@@ -341,8 +374,8 @@ class CrossModalTransformerEncoder(_EncoderBase):
     Args:
         num_layers, num_heads, key_dim, intermediate_dim, dropout, pooling:
             as in `TransformerEncoder`, per modality.
-        transform, transform_kernel_size: the cross-modal transform F, see
-            `CrossModalMultiHeadAttention`.
+        transform, transform_kernel_size: the cross-modal transform F ("conv",
+            "separable" or "dense"), see `CrossModalMultiHeadAttention`.
         **kwargs: standard `keras.layers.Layer` arguments.
 
     Call arguments:
