@@ -255,25 +255,38 @@ def test_two_replicas_compute_the_single_device_value(logical_cpus, batch, poole
     assert float(layer.cka_tracker.result()) == pytest.approx(float(single.last_cka), abs=1e-6)
 
 
-def test_two_replicas_split_num_samples(logical_cpus, rng):
-    # Same mask on both sides, three valid frames in each replica's half.
+@pytest.mark.parametrize("pairing", ["position", "example"])
+def test_two_replicas_split_num_samples(logical_cpus, rng, pairing):
+    # Three valid video frames in each replica's half.
     x = rng.normal(size=(B, 2, D1)).astype("float32")
-    y = (rng.normal(size=(B, 2, D2)) + x[..., :D2]).astype("float32")
     mask = np.zeros((B, 2), bool)
     half = B * 2 // 2
     mask.flat[[0, 3, 6, half + 1, half + 2, half + 7]] = True
     valid_positions = np.flatnonzero(mask)
+    # 5 rows: each replica draws 3 (all its eligible frames, in batch order)
+    # and the second keeps 2, so CKA sees the first five valid video frames.
+    used = valid_positions[:5]
+    if pairing == "position":
+        # y is also valid where x is not: only frames valid in both are drawn.
+        y = (rng.normal(size=(B, 2, D2)) + x[..., :D2]).astype("float32")
+        y_mask = mask.copy()
+        y_mask.flat[[1, half + 3]] = True
+        y_used = used
+    else:
+        # One valid frame (the last of three) per video: the pair of video
+        # frame b·2 + t is y frame b·3 + 2, whatever the draw.
+        y = (rng.normal(size=(B, 3, D2)) + x[:, :1, :D2]).astype("float32")
+        y_mask = np.zeros((B, 3), bool)
+        y_mask[:, 2] = True
+        y_used = used // 2 * 3 + 2
     strategy = mirrored_strategy(logical_cpus)
-    # 5 rows: each replica draws 3 (all its valid frames, in batch order) and
-    # the second keeps 2, so CKA sees the first five valid frames.
-    for num_samples, used in [(5, valid_positions[:5])]:
-        with strategy.scope():
-            layer = CKAAlignment(weight=1.0, num_samples=num_samples, seed=0)
-            layer.build((x.shape, y.shape))
-        losses, _, grads = _two_replica_run(strategy, layer, (x, y, mask, mask))
-        expected = np_cka(x.reshape(-1, D1)[used], y.reshape(-1, D2)[used])
-        assert losses == pytest.approx([-expected] * 2, abs=1e-6), num_samples
-        assert all(np.all(np.isfinite(g)) for g in grads)
+    with strategy.scope():
+        layer = CKAAlignment(weight=1.0, num_samples=5, pairing=pairing, seed=0)
+        layer.build((x.shape, y.shape))
+    losses, _, grads = _two_replica_run(strategy, layer, (x, y, mask, y_mask))
+    expected = np_cka(x.reshape(-1, D1)[used], y.reshape(-1, D2)[y_used])
+    assert losses == pytest.approx([-expected] * 2, abs=1e-6)
+    assert all(np.all(np.isfinite(g)) for g in grads)
 
 
 def test_two_replicas_without_return_loss_is_a_clear_error(logical_cpus, batch):
