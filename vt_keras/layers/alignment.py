@@ -36,9 +36,9 @@ class CKAAlignment(keras.layers.Layer):
         (b, t). For modalities on one time axis (YouTube-8M's video and
         audio frames). Both sequences must have the same length; a pooled
         `[B, d]` side counts as its vector at every frame.
-      - `"example"`: N valid frames of the first modality, and with each a
-        frame drawn uniformly from the valid frames of the same example in
-        the second; row i of both sides comes from video b. For sequences
+      - `"example"`: N valid frames of the first modality (of examples with
+        a valid frame in the second), and with each a frame drawn uniformly
+        from the valid frames of the same example in the second; row i of both sides comes from video b. For sequences
         of different lengths (frames and words); a second-modality frame can
         be paired with several frames of its example.
       The paper does not say how its samples are paired; drawing each side
