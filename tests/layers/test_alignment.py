@@ -36,17 +36,6 @@ def loss_of(layer):
     return float(loss)
 
 
-class Recorder:
-    """A `gather` that keeps what it was given: the rows CKA will compare."""
-
-    def __init__(self):
-        self.seen = []
-
-    def __call__(self, x, axis=0):
-        self.seen.append(np.asarray(x))
-        return x
-
-
 # --- values
 
 
@@ -91,38 +80,17 @@ def test_garbage_in_padded_frames_changes_nothing(batch, num_samples):
     assert loss_of(dirty) == pytest.approx(loss_of(clean), abs=1e-6)
 
 
-def test_sampling_draws_distinct_valid_positions_in_batch_order(rng, batch):
-    x, y, x_mask, y_mask = batch
-    # Feature 0 holds the flat position, so each sampled row says where it came from.
-    x[..., 0] = np.arange(B * T1).reshape(B, T1)
-    y[..., 0] = np.arange(B * T2).reshape(B, T2)
-    y[~y_mask] = -1e6
-    for num_samples, x_limit in [(10, None), (12, 6)]:
-        xm = x_mask.copy()
-        if x_limit is not None:  # fewer valid video frames than num_samples
-            xm[:] = False
-            xm.flat[rng.choice(B * T1, x_limit, replace=False)] = True
-        x = np.where(xm[..., None], x, -1e6).astype("float32")
-        x[..., 0] = np.arange(B * T1).reshape(B, T1)
-        recorder = Recorder()
-        CKAAlignment(num_samples=num_samples, gather=recorder, seed=0)((x, y), mask=(xm, y_mask))
-        x_rows, y_rows, valid = recorder.seen
-        count = num_samples if x_limit is None else x_limit
-        np.testing.assert_array_equal(valid, np.arange(num_samples) < count)
-        for rows, mask in [(x_rows, xm), (y_rows, y_mask)]:
-            positions = rows[: int(valid.sum()), 0].astype(int)
-            assert np.all(np.diff(positions) > 0), "rows are distinct and in batch order"
-            assert np.all(mask.flat[positions]), "only valid positions are drawn"
-        x_positions = x_rows[:count, 0].astype(int)
-        np.testing.assert_array_equal(x_rows[:count], x.reshape(-1, D1)[x_positions])
-        np.testing.assert_array_equal(x_rows[count:], 0.0)
+# Which rows are drawn and paired: tests/layers/test_alignment_pairing.py.
 
 
-def test_sampling_is_deterministic_given_the_seed(batch):
+@pytest.mark.parametrize("pairing", ["position", "example"])
+def test_sampling_is_deterministic_given_the_seed(batch, pairing):
     x, y, x_mask, y_mask = batch
+    if pairing == "position":  # one time axis
+        x, x_mask = x[:, :T2], x_mask[:, :T2]
 
     def run(seed):
-        layer = CKAAlignment(num_samples=8, seed=seed)
+        layer = CKAAlignment(num_samples=8, pairing=pairing, seed=seed)
         values = []
         for _ in range(3):
             layer((x, y), mask=(x_mask, y_mask))
@@ -287,25 +255,38 @@ def test_two_replicas_compute_the_single_device_value(logical_cpus, batch, poole
     assert float(layer.cka_tracker.result()) == pytest.approx(float(single.last_cka), abs=1e-6)
 
 
-def test_two_replicas_split_num_samples(logical_cpus, rng):
-    # Same mask on both sides, three valid frames in each replica's half.
+@pytest.mark.parametrize("pairing", ["position", "example"])
+def test_two_replicas_split_num_samples(logical_cpus, rng, pairing):
+    # Three valid video frames in each replica's half.
     x = rng.normal(size=(B, 2, D1)).astype("float32")
-    y = (rng.normal(size=(B, 2, D2)) + x[..., :D2]).astype("float32")
     mask = np.zeros((B, 2), bool)
     half = B * 2 // 2
     mask.flat[[0, 3, 6, half + 1, half + 2, half + 7]] = True
     valid_positions = np.flatnonzero(mask)
+    # 5 rows: each replica draws 3 (all its eligible frames, in batch order)
+    # and the second keeps 2, so CKA sees the first five valid video frames.
+    used = valid_positions[:5]
+    if pairing == "position":
+        # y is also valid where x is not: only frames valid in both are drawn.
+        y = (rng.normal(size=(B, 2, D2)) + x[..., :D2]).astype("float32")
+        y_mask = mask.copy()
+        y_mask.flat[[1, half + 3]] = True
+        y_used = used
+    else:
+        # One valid frame (the last of three) per video: the pair of video
+        # frame b·2 + t is y frame b·3 + 2, whatever the draw.
+        y = (rng.normal(size=(B, 3, D2)) + x[:, :1, :D2]).astype("float32")
+        y_mask = np.zeros((B, 3), bool)
+        y_mask[:, 2] = True
+        y_used = used // 2 * 3 + 2
     strategy = mirrored_strategy(logical_cpus)
-    # 5 rows: each replica draws 3 (all its valid frames, in batch order) and
-    # the second keeps 2, so CKA sees the first five valid frames.
-    for num_samples, used in [(5, valid_positions[:5])]:
-        with strategy.scope():
-            layer = CKAAlignment(weight=1.0, num_samples=num_samples, seed=0)
-            layer.build((x.shape, y.shape))
-        losses, _, grads = _two_replica_run(strategy, layer, (x, y, mask, mask))
-        expected = np_cka(x.reshape(-1, D1)[used], y.reshape(-1, D2)[used])
-        assert losses == pytest.approx([-expected] * 2, abs=1e-6), num_samples
-        assert all(np.all(np.isfinite(g)) for g in grads)
+    with strategy.scope():
+        layer = CKAAlignment(weight=1.0, num_samples=5, pairing=pairing, seed=0)
+        layer.build((x.shape, y.shape))
+    losses, _, grads = _two_replica_run(strategy, layer, (x, y, mask, y_mask))
+    expected = np_cka(x.reshape(-1, D1)[used], y.reshape(-1, D2)[y_used])
+    assert losses == pytest.approx([-expected] * 2, abs=1e-6)
+    assert all(np.all(np.isfinite(g)) for g in grads)
 
 
 def test_two_replicas_without_return_loss_is_a_clear_error(logical_cpus, batch):

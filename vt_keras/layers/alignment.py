@@ -7,6 +7,8 @@ from vt_keras.errors import ConfigError, UserError
 from vt_keras.layers import checks
 from vt_keras.losses.cka import KERNELS, cka, min_samples
 
+PAIRINGS = ("position", "example")
+
 
 @keras.saving.register_keras_serializable(package="vt_keras")
 class CKAAlignment(keras.layers.Layer):
@@ -18,17 +20,30 @@ class CKAAlignment(keras.layers.Layer):
     embedding sequences, before the cross-modal fusion; its outputs are its
     inputs, unchanged, so it sits anywhere in a functional graph.
 
-    Which vectors:
+    Which vectors. CKA compares the inter-example structure of two sets of
+    rows, so row i of one side must come from the same place as row i of the
+    other (the correspondence that cosine or attention training learns):
     - `num_samples=None` (default): one vector per example from each
       modality, the mean of its valid frames, so row i of both sides comes
       from example i. Deterministic; examples with no valid frame on either
       side are left out.
-    - `num_samples=N`: N valid positions drawn at random from the whole
-      batch for each modality, independently, without replacement (with
-      fewer than N valid positions, all of them and no repeats). The drawn
-      rows are put back in batch order before pairing, so with similar
-      numbers of valid frames row i of both sides comes from nearby
-      examples; the paper does not say how it pairs the samples.
+    - `num_samples=N`: N rows drawn at random from the whole batch, without
+      replacement (with fewer than N eligible rows, all of them and no
+      repeats), the paper's "N-many representation vectors" sampled from
+      both modalities. `pairing` says which rows correspond:
+      - `"position"` (default): N (example, frame) positions valid in both
+        modalities; row i of both sides is frame t of video b, for the same
+        (b, t). For modalities on one time axis (YouTube-8M's video and
+        audio frames). Both sequences must have the same length; a pooled
+        `[B, d]` side counts as its vector at every frame.
+      - `"example"`: N valid frames of the first modality (of examples with
+        a valid frame in the second), and with each a frame drawn uniformly
+        from the valid frames of the same example in the second; row i of both sides comes from video b. For sequences
+        of different lengths (frames and words); a second-modality frame can
+        be paired with several frames of its example.
+      The paper does not say how its samples are paired; drawing each side
+      independently would pair unrelated rows, whose CKA says nothing.
+      Drawn rows are returned in batch order.
     - pooled `[B, d]` inputs (both sides): every row, nothing to sample.
     Padded positions are never used.
 
@@ -59,6 +74,9 @@ class CKAAlignment(keras.layers.Layer):
             runs, 0.2 on TVQA, 0.05 for captioning.
         num_samples: rows of the global batch per CKA, or None (see above).
             At least 2 (4 when debiased).
+        pairing: with `num_samples`, which rows correspond: `"position"`
+            (the same frame of the same video in both modalities) or
+            `"example"` (a frame of the same video in each); see above.
         kernel: `"linear"` (the paper's choice) or `"rbf"`.
         debiased: use the unbiased HSIC estimator (see `vt_keras.losses.cka`).
         rbf_threshold: θ of the RBF bandwidth `σ² = θ² · median(D²)`.
@@ -71,12 +89,14 @@ class CKAAlignment(keras.layers.Layer):
     Call: `layer((x_seq, y_seq), mask=(x_mask, y_mask), return_loss=False)`
     with `x_seq` `[B, T1, d1]`, `y_seq` `[B, T2, d2]` (or pooled `[B, d1]`,
     `[B, d2]`) and boolean masks `[B, T1]`, `[B, T2]` (`[B]` for pooled; None
-    for all valid) → `(x_seq, y_seq)` unchanged, and with `return_loss=True`
+    for all valid); `T1 == T2` for `pairing="position"` with `num_samples` → `(x_seq, y_seq)` unchanged, and with `return_loss=True`
     also the scalar float32 term `-weight · CKA` (then not added as a loss).
 
     Example:
     >>> video, text = video_encoder(frames), text_encoder(tokens)
     >>> video, text = CKAAlignment(weight=0.1)((video, text), mask=(fm, tm))
+    >>> # the paper's sampling: 256 frames drawn from the batch, same positions in both
+    >>> video, audio = CKAAlignment(weight=0.1, num_samples=256)((video, audio), mask=(fm, fm))
     >>> fused = cross_modal_attention(video, text)
     >>> # under a multi-replica strategy:
     >>> video, text, alignment_loss = CKAAlignment(weight=0.1)((video, text), return_loss=True)
@@ -90,6 +110,7 @@ class CKAAlignment(keras.layers.Layer):
         self,
         weight=0.1,
         num_samples=None,
+        pairing="position",
         kernel="linear",
         debiased=False,
         rbf_threshold=1.0,
@@ -109,10 +130,13 @@ class CKAAlignment(keras.layers.Layer):
                 f"CKAAlignment: num_samples must be None or an integer ≥ {min_samples(debiased)} "
                 f"for the {'debiased' if debiased else 'biased'} estimator; got {num_samples!r}"
             )
+        if pairing not in PAIRINGS:
+            raise ConfigError(f"CKAAlignment: pairing must be one of {PAIRINGS}; got {pairing!r}")
         if not rbf_threshold > 0:
             raise ConfigError(f"CKAAlignment: rbf_threshold must be > 0; got {rbf_threshold!r}")
         self.weight = float(weight)
         self.num_samples = num_samples
+        self.pairing = pairing
         self.kernel = kernel
         self.debiased = debiased
         self.rbf_threshold = rbf_threshold
@@ -128,6 +152,13 @@ class CKAAlignment(keras.layers.Layer):
             raise checks.shape_error(self, "inputs", "a pair (x_seq, y_seq)", f"shape {input_shape}")
         for name, shape in zip(("x_seq", "y_seq"), input_shape):
             checks.tensor_shape(self, shape, name, (3, 2), known_features=False)
+        x_shape, y_shape = input_shape
+        if (self.num_samples is not None and self.pairing == "position" and len(x_shape) == len(y_shape) == 3
+                and None not in (x_shape[1], y_shape[1]) and x_shape[1] != y_shape[1]):
+            raise checks.shape_error(
+                self, "(x_seq, y_seq)", "two sequences of one length for pairing='position' (the same frames "
+                "in both; use pairing='example' for sequences of different lengths)",
+                f"lengths {x_shape[1]} and {y_shape[1]}")
         # Every replica computes the same global value; keep the first's.
         self.last_cka = self.add_weight(
             shape=(),
@@ -182,29 +213,41 @@ class CKAAlignment(keras.layers.Layer):
         local = -(-self.num_samples // replicas)
         first_row = replica_id() * local
         keep = ops.cast(first_row + ops.arange(local, dtype="int32") < self.num_samples, "float32")
-        x, x_valid = self._sample(xs, xm, local, replicas)
-        y, y_valid = self._sample(ys, ym, local, replicas)
-        return x, y, x_valid * y_valid * keep
+        if self.pairing == "position":
+            xs, xm, ys, ym = _on_one_time_axis(xs, xm, ys, ym)
+            positions, valid = self._draw(xm * ym, local, replicas)
+            x, y = _rows(xs, positions), _rows(ys, positions)
+        else:
+            has_y = ops.cast(ops.sum(ym, axis=1, keepdims=True) > 0, "float32")
+            positions, valid = self._draw(xm * has_y, local, replicas)
+            x = _rows(xs, positions)
+            # A uniform valid frame of the same example: the largest random
+            # key among that example's valid frames of the second modality.
+            example = positions // ops.shape(xs)[1]
+            keys = keras.random.uniform((replicas, local, ops.shape(ys)[1]), seed=self.seed_generator)
+            keys = ops.take(keys, replica_id(), axis=0)
+            keys = ops.where(ops.take(ym, example, axis=0) > 0, keys, -1.0)
+            frame = ops.cast(ops.argmax(keys, axis=1), example.dtype)
+            y = _rows(ys, example * ops.shape(ys)[1] + frame)
+        valid = ops.cast(valid, "float32")
+        return x * valid[:, None], y * valid[:, None], valid * keep
 
-    def _sample(self, seq, mask, count, replicas):
-        """`count` valid rows of `seq` at random positions, in batch order."""
-        dim = ops.shape(seq)[-1]
-        flat, flat_mask = ops.reshape(seq, (-1, dim)), ops.reshape(mask, (-1,))
-        size = ops.shape(flat_mask)[0]
-        # Random keys rank the valid positions; padding gets -1 and sorts
+    def _draw(self, eligible, count, replicas):
+        """`count` flat positions where `eligible` `[B, T]` is 1, at random, in batch order, and their validity."""
+        eligible = ops.reshape(eligible, (-1,))
+        size = ops.shape(eligible)[0]
+        # Random keys rank the eligible positions; the others get -1 and sort
         # last. One row of keys per replica so that replicas draw differently.
         keys = keras.random.uniform((replicas, size), seed=self.seed_generator)
         keys = ops.take(keys, replica_id(), axis=0)
-        keys = ops.where(flat_mask > 0, keys, -1.0)
+        keys = ops.where(eligible > 0, keys, -1.0)
         # Extra -1 keys let top_k ask for more rows than the batch holds.
         keys = ops.concatenate([keys, -ops.ones((count,), keys.dtype)])
         top_keys, positions = ops.top_k(keys, k=count)
         valid = top_keys >= 0.0
         order = ops.argsort(ops.where(valid, positions, positions + size + count))
         positions, valid = ops.take(positions, order), ops.take(valid, order)
-        rows = ops.take(flat, ops.minimum(positions, size - 1), axis=0)
-        valid = ops.cast(valid, rows.dtype)
-        return rows * valid[:, None], valid
+        return ops.minimum(positions, size - 1), valid
 
     def compute_output_spec(self, inputs, mask=None, training=None, return_loss=False):
         outputs = tuple(keras.KerasTensor(t.shape, dtype=t.dtype) for t in inputs)
@@ -222,6 +265,7 @@ class CKAAlignment(keras.layers.Layer):
             {
                 "weight": self.weight,
                 "num_samples": self.num_samples,
+                "pairing": self.pairing,
                 "kernel": self.kernel,
                 "debiased": self.debiased,
                 "rbf_threshold": self.rbf_threshold,
@@ -254,3 +298,19 @@ def _as_sequence(seq, mask):
     # where, not a product: padding may hold inf or NaN.
     seq = ops.where(mask[..., None] > 0, seq, 0.0)
     return seq, mask
+
+
+def _on_one_time_axis(xs, xm, ys, ym):
+    """A pooled side (one frame) repeated over the other side's frames."""
+    if xs.shape[1] == 1 and ys.shape[1] != 1:
+        steps = ops.shape(ys)[1]
+        xs, xm = ops.repeat(xs, steps, axis=1), ops.repeat(xm, steps, axis=1)
+    elif ys.shape[1] == 1 and xs.shape[1] != 1:
+        steps = ops.shape(xs)[1]
+        ys, ym = ops.repeat(ys, steps, axis=1), ops.repeat(ym, steps, axis=1)
+    return xs, xm, ys, ym
+
+
+def _rows(seq, positions):
+    """Rows `positions` of `seq` `[B, T, d]` flattened to `[B·T, d]`."""
+    return ops.take(ops.reshape(seq, (-1, ops.shape(seq)[-1])), positions, axis=0)

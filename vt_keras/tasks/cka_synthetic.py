@@ -288,7 +288,8 @@ def plot_curves(curves, path, warmup_steps=0, cka_weight=0.1, pairing="structure
             ax.axvline(warmup_steps, color="0.6", lw=0.8, ls=":")
     held = "held-out pairs" if pairing == "structured" else "held-out pairs (random pairing: chance only)"
     axes[0].set_ylabel("mean cosine similarity")
-    axes[0].set_title(f"solid: {held}, dashed: training pairs, dotted: mismatched pairs", fontsize=9)
+    # Two lines: the random pairing's note makes one line wider than the figure.
+    axes[0].set_title(f"solid: {held}\ndashed: training pairs, dotted: mismatched pairs", fontsize=9)
     axes[1].set_ylabel("linear CKA")
     axes[1].set_xlabel("training step")
     axes[0].legend(loc="lower right", fontsize=9)
