@@ -131,10 +131,11 @@ def model_config(aggregator, fusion):
     m.moe = dict(num_mixtures=2, l2_penalty=1e-8)  # MixtureOfExperts(num_classes, **moe): the starter code's
     # CKAAlignment(**cka) of the two branch embeddings (Yun et al.): adds -weight * CKA to the loss and
     # logs `cka`; weight 0 builds no layer. Needs branch_units > 0. num_samples None: one mean vector
-    # per video and branch; N: N valid frames drawn from the global batch (the paper's sampling).
+    # per video and branch; N: N valid frames drawn from the global batch (the paper's sampling),
+    # paired by position: the same frame of the same video in both branches (one mask for both).
     # Paper: weight 0.05-0.2, after train.cka_warmup_steps steps of CKA alone.
-    m.cka = dict(weight=0.0, num_samples=placeholder(int), kernel="linear", debiased=False, rbf_threshold=1.0,
-                 seed=placeholder(int))
+    m.cka = dict(weight=0.0, num_samples=placeholder(int), pairing="position", kernel="linear", debiased=False,
+                 rbf_threshold=1.0, seed=placeholder(int))
     # The workdir of a run of this same model whose latest weights this run starts from (e.g. before
     # fine-tuning on rated segments with data.segment_labels); "": from scratch.
     m.init_workdir = ""
