@@ -55,21 +55,22 @@ class BackendChecks:
     BACKEND = None
 
     @pytest.fixture(scope="class")
-    def run(self, tmp_path_factory):
+    @classmethod
+    def run(cls, tmp_path_factory):
         """Runs the worker once: `(json results, npz arrays, directory, TensorFlow model outputs)`."""
-        if importlib.util.find_spec(self.BACKEND) is None:
-            pytest.skip(f"{self.BACKEND} is not installed (pip install 'vt_keras[{self.BACKEND}]')")
-        directory = str(tmp_path_factory.mktemp(self.BACKEND))
+        if importlib.util.find_spec(cls.BACKEND) is None:
+            pytest.skip(f"{cls.BACKEND} is not installed (pip install 'vt_keras[{cls.BACKEND}]')")
+        directory = str(tmp_path_factory.mktemp(cls.BACKEND))
         np.savez(os.path.join(directory, "soft_dtw_inputs.npz"), **_soft_dtw_inputs())
         keras.utils.set_random_seed(5)
         model = cases.build_classifier()
         model.save(os.path.join(directory, "tensorflow.keras"))
         tensorflow_outputs = np.asarray(model(cases.model_inputs()))
-        _worker(self.BACKEND, "run", directory)
-        with open(os.path.join(directory, f"{self.BACKEND}.json")) as f:
+        _worker(cls.BACKEND, "run", directory)
+        with open(os.path.join(directory, f"{cls.BACKEND}.json")) as f:
             results = json.load(f)
-        print(f"{self.BACKEND} worker:", {k: v for k, v in results.items() if k.startswith("seconds/")})
-        arrays = dict(np.load(os.path.join(directory, f"{self.BACKEND}.npz")))
+        print(f"{cls.BACKEND} worker:", {k: v for k, v in results.items() if k.startswith("seconds/")})
+        arrays = dict(np.load(os.path.join(directory, f"{cls.BACKEND}.npz")))
         return results, arrays, directory, tensorflow_outputs
 
     def test_imports_and_runs_without_tensorflow(self):
