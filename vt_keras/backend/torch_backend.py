@@ -16,4 +16,5 @@ def value_and_grad(fn, args):
     args = [keras.ops.convert_to_tensor(a).detach().requires_grad_(True) for a in args]
     value = fn(*args)
     grads = torch.autograd.grad(value, args, allow_unused=True)
-    return value, [torch.zeros_like(a) if g is None else g for a, g in zip(args, grads)]
+    # Detached, like the other backends' results: `np.asarray(value)` then works.
+    return value.detach(), [torch.zeros_like(a) if g is None else g for a, g in zip(args, grads)]
