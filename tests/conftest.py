@@ -62,3 +62,19 @@ def _reset_keras_state():
 def logical_cpus():
     """The names of the two logical CPU devices."""
     return [d.name for d in tf.config.list_logical_devices("CPU")][:NUM_LOGICAL_CPUS]
+
+
+def pytest_collection_modifyitems(items):
+    """Files with the most `slow` tests first, the rest in their usual order.
+
+    `-n 2 --dist=loadfile` hands out whole files in collection order as the
+    workers free up; a long file collected last leaves one core idle while the
+    other finishes it. Heavy files first keeps both busy to the end.
+    """
+    files, order = {}, {}
+    for item in items:
+        files.setdefault(item.path, []).append(item)
+        order.setdefault(item.path, len(order))
+    weight = {path: sum(1 for item in group if item.get_closest_marker("slow")) for path, group in files.items()}
+    ranked = sorted(files, key=lambda path: (-weight[path], order[path]))
+    items[:] = [item for path in ranked for item in files[path]]

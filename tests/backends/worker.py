@@ -3,15 +3,15 @@
 The backend is fixed when Keras is imported, so the tests (a TensorFlow
 process) start one worker per backend and compare what it writes:
 
-    python -m tests.backends.worker imports           # prints JSON: what got imported
     python -m tests.backends.worker run <directory>   # writes <directory>/<backend>.npz and .json
 
-`imports` blocks TensorFlow's import first, then imports and uses every
-public layer and loss: it shows the library runs on a machine without
-TensorFlow. `run` puts every layer through `vt_keras.testing.run_layer_test`,
-computes every loss's value and gradients, the soft-DTW kernel's values and
-gradients on the reference inputs (float64 too where the backend has it),
-loads the classifier that the TensorFlow process saved as
+The worker blocks TensorFlow's import first, as on a machine without it,
+and records which TensorFlow modules got imported all the same (none, for
+the test to pass). It imports and calls every public layer and loss, puts
+every layer through `vt_keras.testing.run_layer_test`, computes every loss's
+value and gradients, the soft-DTW kernel's values and gradients on the
+reference inputs (float64 too where the backend has it), loads the
+classifier that the TensorFlow process saved as
 `<directory>/tensorflow.keras`, and saves its own.
 """
 import json
@@ -34,8 +34,8 @@ def _block_tensorflow():
         sys.modules[name] = None
 
 
-def imports():
-    _block_tensorflow()
+def _imports(results):
+    """Imports every public module; the steps after it call every layer and loss (TensorFlow blocked)."""
     import keras
 
     import vt_keras
@@ -45,19 +45,14 @@ def imports():
     import vt_keras.metrics.retrieval
     import vt_keras.ops
     import vt_keras.testing
-    from tests.backends import cases
-    from vt_keras.backend import value_and_grad
 
-    for name, cls, init, inputs, mask, call_kwargs, _, _ in cases.layer_cases():
-        layer = cls(**init)
-        layer(inputs, **({} if mask is None else {"mask": mask}), **(call_kwargs or {}))
-    for fn, args in cases.loss_cases().values():
-        value_and_grad(fn, args)
     vt_keras.metrics.retrieval.retrieval_metrics(np.eye(4), np.eye(4) + 0.1)
-    loaded = sorted(m for m, module in sys.modules.items()
-                    if module is not None and m.split(".")[0] in ("tensorflow", "tensorflow_text"))
-    print(json.dumps({"backend": keras.backend.backend(), "tensorflow_modules": loaded,
-                      "vt_keras": vt_keras.__version__}))
+    results.update(backend=keras.backend.backend(), vt_keras=vt_keras.__version__)
+
+
+def _tensorflow_modules():
+    return sorted(m for m, module in sys.modules.items()
+                  if module is not None and m.split(".")[0] in ("tensorflow", "tensorflow_text"))
 
 
 def _layer_tests(results):
@@ -146,6 +141,8 @@ def _models(arrays, directory, backend):
 
 
 def run(directory):
+    # Everything below runs as on a machine without TensorFlow.
+    _block_tensorflow()
     if os.environ.get("KERAS_BACKEND") == "jax":
         # Before Keras: float64 for the soft-DTW reference comparison.
         import jax
@@ -155,7 +152,7 @@ def run(directory):
 
     backend = keras.backend.backend()
     results, arrays = {}, {}
-    steps = {"layers": _layer_tests, "losses": lambda r: _losses(arrays),
+    steps = {"imports": _imports, "layers": _layer_tests, "losses": lambda r: _losses(arrays),
              "soft_dtw": lambda r: _soft_dtw(arrays, directory), "models": lambda r: _models(arrays, directory, backend)}
     for name, step in steps.items():
         start = time.perf_counter()
@@ -164,16 +161,13 @@ def run(directory):
         except Exception:
             results[f"error/{name}"] = traceback.format_exc()
         results[f"seconds/{name}"] = round(time.perf_counter() - start, 1)
+    results["tensorflow_modules"] = _tensorflow_modules()
     np.savez(os.path.join(directory, f"{backend}.npz"), **arrays)
     with open(os.path.join(directory, f"{backend}.json"), "w") as f:
         json.dump(results, f, indent=1)
 
 
 if __name__ == "__main__":
-    command = sys.argv[1]
-    if command == "imports":
-        imports()
-    elif command == "run":
-        run(sys.argv[2])
-    else:
-        raise SystemExit(f"unknown command {command!r}; expected 'imports' or 'run <directory>'")
+    if len(sys.argv) != 3 or sys.argv[1] != "run":
+        raise SystemExit(f"usage: python -m tests.backends.worker run <directory>; found {sys.argv[1:]}")
+    run(sys.argv[2])
