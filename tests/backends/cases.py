@@ -32,6 +32,7 @@ def layer_cases():
     return [
         ("FramePooling", layers.FramePooling, {"mode": "mean_max"}, video, mask, None, (2, 12),
          dict(run_masking_invariance=True)),
+        ("FrameEmbedding", layers.FrameEmbedding, {"units": 4}, video, mask, {"context": audio[:, 0]}, (2, 5, 4), {}),
         ("NetVLAD", layers.NetVLAD, {"num_clusters": 3}, video, mask, None, (2, 18),
          dict(run_masking_invariance=True)),
         # F is ReLU dense layers on non-negative assignments, biases 0 at init: a unit whose

@@ -13,7 +13,8 @@ from tests.yt8m_fixtures import (TINY_FRAMES, classifier_variants, tiny_config, 
                                  write_tiny_yt8m)
 from vt_keras.cli.common import load_config_file
 from vt_keras.errors import ConfigError
-from vt_keras.models.video_classifier import AGGREGATORS, build_video_classifier, cross_modal_inputs
+from vt_keras.models.video_classifier import (AGGREGATORS, aggregator_inputs, build_video_classifier,
+                                             cross_modal_signals, embed_frames)
 from vt_keras import tasks
 from vt_keras.tasks.yt8m import multilabel_cross_entropy
 from vt_keras.train.step import dtype_policy, wrap_optimizer
@@ -140,18 +141,48 @@ def test_cm_concat_gives_each_modality_the_other_modalitys_embedding(rng):
     out = {"video_embedding": rng.normal(size=(2, 5)).astype("f"), "audio_embedding": rng.normal(size=(2, 5)).astype("f"),
            "probability": np.array([0.2, 0.9], "f")}
     out["embedding"] = np.concatenate([out["video_embedding"], out["audio_embedding"]], -1)
-    cfg = {"fusion": "cm_concat", "cm_concat": "other"}
-    v, a, g = cross_modal_inputs(cfg, out, video, audio)
+    contexts, g = cross_modal_signals({"fusion": "cm_concat", "cm_concat": "other"}, out)
     assert g is None
+    # No branch: the context is appended to every raw frame.
+    v, a = embed_frames([video, audio], contexts, [None, None])
     np.testing.assert_allclose(v, np.concatenate([video, np.repeat(out["audio_embedding"][:, None], 4, 1)], -1))
     np.testing.assert_allclose(a, np.concatenate([audio, np.repeat(out["video_embedding"][:, None], 4, 1)], -1))
-    v, a, _ = cross_modal_inputs({"fusion": "cm_concat", "cm_concat": "both"}, out, video, audio)
+    contexts, _ = cross_modal_signals({"fusion": "cm_concat", "cm_concat": "both"}, out)
+    v, a = embed_frames([video, audio], contexts, [None, None])
     np.testing.assert_allclose(v[..., 3:], np.repeat(out["embedding"][:, None], 4, 1))
     np.testing.assert_allclose(a[..., 2:], np.repeat(out["embedding"][:, None], 4, 1))
-    v, a, g = cross_modal_inputs({"fusion": "cm_gated"}, out, video, audio)
-    assert v is video and a is audio and g is out["probability"]
+    contexts, g = cross_modal_signals({"fusion": "cm_gated"}, out)
+    assert contexts == [None, None] and g is out["probability"]
+    v, a = embed_frames([video, audio], contexts, [None, None])
+    assert v is video and a is audio
     with pytest.raises(ConfigError, match=r"model.cm_concat='sideways' is unknown; expected one of other, both"):
-        cross_modal_inputs({"fusion": "cm_concat", "cm_concat": "sideways"}, out, video, audio)
+        cross_modal_signals({"fusion": "cm_concat", "cm_concat": "sideways"}, out)
+
+
+@pytest.mark.parametrize("mode", ["other", "both"])
+def test_cm_concat_joins_the_embedding_to_the_branch_input(mode, tiny_data, rng):
+    """With a learned frame embedding, CM-C's branch is one dense layer on [frame ; tower embedding] (float64 check)."""
+    config = tiny_config(tiny_data, config_file=variant_config_file("transformer_cm_concat"),
+                         **{"model.cm_concat": mode, "model.branch_units": 6})
+    model = build_video_classifier(config.model, config.data.features, 5, TINY_FRAMES)
+    inputs = {"rgb": rng.normal(size=(3, TINY_FRAMES, 8)).astype("f"),
+              "audio": rng.normal(size=(3, TINY_FRAMES, 4)).astype("f"), "mask": np.ones((3, TINY_FRAMES), bool)}
+    inputs["mask"][0, 5:] = False
+    tower = model.get_layer("correlation_tower")((inputs["rgb"], inputs["audio"]), mask=(inputs["mask"],) * 2)
+    if mode == "other":
+        joined = {"rgb": tower["audio_embedding"], "audio": tower["video_embedding"]}
+    else:
+        joined = {"rgb": tower["embedding"], "audio": tower["embedding"]}
+    frames, correlation, _ = aggregator_inputs(model, config.model, config.data.features, inputs)
+    assert correlation is None
+    for (name, _), got in zip(config.data.features, frames):
+        branch = model.get_layer(f"{name}_branch")
+        kernel = np.concatenate([np.asarray(branch.kernel, np.float64), np.asarray(branch.context_kernel, np.float64)])
+        e = np.asarray(joined[name], np.float64)
+        x = np.concatenate([inputs[name].astype(np.float64), np.repeat(e[:, None], TINY_FRAMES, 1)], -1)
+        want = np.maximum(x @ kernel + np.asarray(branch.bias, np.float64), 0.0)
+        assert got.shape == (3, TINY_FRAMES, 6)  # the aggregator stays branch_units wide
+        np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-5)
 
 
 def test_frozen_tower_runs_without_dropout_inside_the_classifier(tiny_data, rng):

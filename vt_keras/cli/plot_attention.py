@@ -82,7 +82,7 @@ def attention_maps(model, model_cfg, features, inputs):
         `(streams, correlation)`: a list of `(stream name, weights [B, U, T])`
         and the tower's probability `[B]` for cm_* models (else None).
     """
-    from vt_keras.models.video_classifier import TOWER_LAYER, cross_modal_inputs
+    from vt_keras.models.video_classifier import aggregator_inputs
 
     agg_name, fusion = model_cfg.get("aggregator", "pool"), model_cfg.get("fusion", "late")
     if agg_name not in _UNIT_NAMES:
@@ -90,28 +90,18 @@ def attention_maps(model, model_cfg, features, inputs):
                           f"with aggregator {', '.join(sorted(_UNIT_NAMES))}")
     names = [n for n, _ in features]
     mask = inputs["mask"]
-    # What the aggregators see: the learned branch embeddings when the model has them.
-    frames = {n: _branch(model, n, inputs[n]) for n in names}
+    # What the aggregators see, computed with the model's own layers.
+    frames, correlation, tower_out = aggregator_inputs(model, model_cfg, features, inputs)
+    frames = dict(zip(names, frames))
     if fusion == "early":
         joint = np.concatenate([np.asarray(frames[n]) for n in names], axis=-1)
         return [("+".join(names), _single_stream(agg_name, model.get_layer("early_aggregator"), joint, mask))], None
     if fusion == "late":
         return [(n, _single_stream(agg_name, model.get_layer(f"{n}_aggregator"), frames[n], mask))
                 for n in names], None
-    # The tower reads the raw frames.
-    tower_out = model.get_layer(TOWER_LAYER)((inputs[names[0]], inputs[names[1]]), mask=(mask, mask))
-    video, audio, correlation = cross_modal_inputs(model_cfg, tower_out, frames[names[0]], frames[names[1]])
-    wv, wa = _cross_stream(agg_name, model.get_layer("cross_modal_aggregator"), video, audio, mask, correlation)
+    wv, wa = _cross_stream(agg_name, model.get_layer("cross_modal_aggregator"), frames[names[0]],
+                           frames[names[1]], mask, correlation)
     return [(names[0], wv), (names[1], wa)], np.asarray(tower_out["probability"])
-
-
-def _branch(model, name, x):
-    """`x` through the model's `<name>_branch` embedding (`model.branch_units`), or unchanged."""
-    try:
-        layer = model.get_layer(f"{name}_branch")
-    except ValueError:
-        return x
-    return layer(x)
 
 
 def find_video(task, pattern, video_id=None, batch_size=64):

@@ -20,10 +20,14 @@ file name):
   (`model.cross_modal_aggregator`), the other modality's influence
   multiplied by the frozen correlation tower's probability.
 - `cm_concat` (CM-C): the cross-modal aggregator, with the frozen tower's
-  transformed *other*-modality signal concatenated to every frame of each
-  modality (`model.cm_concat="other"`, the paper's Section 3: audio
-  embedding to the video frames, video embedding to the audio frames), or
-  both embeddings to both (`"both"`).
+  transformed *other*-modality signal concatenated to the input features of
+  every frame of each modality (`model.cm_concat="other"`, the paper's
+  Section 3: audio embedding to the video frames, video embedding to the
+  audio frames), or both embeddings to both (`"both"`). With a learned
+  frame embedding (below) the concatenation is its input, computed in the
+  factored form of `FrameEmbedding`: the aggregator's width stays
+  `branch_units`, so CM-C costs what CM-G costs. Without one the
+  aggregator reads the raw frames with the embedding appended.
 
 Each of those sections holds the constructor arguments of its layer and is
 passed on whole (`NetVLAD(**model.video_aggregator)`); the defaults live in
@@ -33,11 +37,14 @@ the `correlation_tower` layer (`CorrelationTower(**model.tower)`), which is
 frozen (not trainable, always run with `training=False`).
 
 `model.branch_units > 0` gives each modality a learned frame embedding
-(a per-frame dense layer with ReLU) before the fusion, and
+(`FrameEmbedding`: a per-frame dense layer with ReLU, named
+`<feature>_branch`) before the fusion, and
 `model.cka.weight = λ > 0` puts `CKAAlignment(**model.cka)` on those two
 embedding sequences (Yun et al.): `alignment_view(model)` returns its
 `-λ · CKA(video, audio)` beside the probabilities, the task adds it to the
-loss, and `cka` joins the training scalars. The correlation tower always sees the raw frames.
+loss, and `cka` joins the training scalars (under CM-C those embeddings
+carry the tower's embedding too). The correlation tower always sees the raw
+frames.
 
 The pooled vector goes through an optional hidden layer and context gating
 (`ContextGating(**model.context_gating)`) into a
@@ -57,6 +64,7 @@ from vt_keras.layers.alignment import CKAAlignment
 from vt_keras.layers.attention_clusters import AttentionClusters, CrossModalAttentionClusters
 from vt_keras.layers.correlation_tower import CorrelationTower
 from vt_keras.layers.cross_modal_attention import CrossModalTransformerEncoder, TransformerEncoder
+from vt_keras.layers.frame_embedding import FrameEmbedding
 from vt_keras.layers.heads import ContextGating, MixtureOfExperts
 from vt_keras.layers.netvlad import CrossModalNetVLAD, NetVLAD
 from vt_keras.layers.pooling import FramePooling
@@ -144,33 +152,80 @@ def build_tower_model(model_cfg, features, max_frames=None):
     return keras.Model(inputs, outputs, name="correlation_tower_model")
 
 
-def cross_modal_inputs(model_cfg, tower_out, video, audio):
-    """What the cross-modal aggregator receives: `(video, audio, correlation)`.
+def cross_modal_signals(model_cfg, tower_out):
+    """What the frozen tower gives a cm_* fusion: `(contexts, correlation)`.
 
-    CM-G passes the frames unchanged and the tower's probability as the gate.
-    CM-C concatenates the tower's embeddings to every frame (`model.cm_concat`,
-    see the module docstring) and passes no gate. Works on symbolic and eager
-    tensors.
+    CM-G: no contexts (`[None, None]`) and the tower's probability as the
+    gate. CM-C (`model.cm_concat`, see the module docstring): the per-video
+    vectors `[to_video, to_audio]` that join each modality's input features,
+    and no gate. Works on symbolic and eager tensors.
 
     Args:
         model_cfg: `config.model` of a cm_* variant (`fusion`, and
             `cm_concat` for CM-C).
         tower_out: the `CorrelationTower`'s output dict.
-        video: frames `[B, T, Dv]`; audio: frames `[B, T, Da]`.
 
     Returns:
-        `(video [B, T, Dv'], audio [B, T, Da'], correlation [B] or None)`.
+        `([video context [B, E] or None, audio context [B, E'] or None],
+        correlation [B] or None)`.
     """
     if model_cfg["fusion"] == "cm_gated":
-        return video, audio, tower_out["probability"]
+        return [None, None], tower_out["probability"]
     mode = model_cfg["cm_concat"]
     if mode not in CM_CONCAT_MODES:
         raise ConfigError(f"model.cm_concat={mode!r} is unknown; expected one of {', '.join(CM_CONCAT_MODES)}")
     if mode == "other":
-        to_video, to_audio = tower_out["audio_embedding"], tower_out["video_embedding"]
-    else:
-        to_video = to_audio = tower_out["embedding"]
-    return _concat_over_time(video, to_video), _concat_over_time(audio, to_audio), None
+        return [tower_out["audio_embedding"], tower_out["video_embedding"]], None
+    return [tower_out["embedding"], tower_out["embedding"]], None
+
+
+def embed_frames(frames, contexts, branches):
+    """What the aggregators see, per modality: its frames joined with its context (if any), embedded by its branch (if any).
+
+    With a branch (`FrameEmbedding`, `model.branch_units > 0`) the context
+    joins the frames inside the branch's dense layer (its factored form, no
+    `[B, T, D + E]` tensor); without one it is concatenated to every frame.
+
+    Args:
+        frames: per modality, `[B, T, D]`.
+        contexts: per modality, a per-video vector `[B, E]` or None.
+        branches: per modality, a `FrameEmbedding` or None.
+
+    Returns:
+        A list of `[B, T, D']`, one per modality.
+    """
+    out = []
+    for x, context, branch in zip(frames, contexts, branches):
+        if branch is not None:
+            x = branch(x, context=context)
+        elif context is not None:
+            x = _concat_over_time(x, context)
+        out.append(x)
+    return out
+
+
+def aggregator_inputs(model, model_cfg, features, inputs):
+    """A built classifier's aggregator inputs for a batch, computed with its own layers.
+
+    Args:
+        model: a classifier built by `build_video_classifier`.
+        model_cfg: its `config.model`.
+        features: its `(name, dim)` features.
+        inputs: `{feature: [B, T, dim], "mask": [B, T]}`.
+
+    Returns:
+        `(frames, correlation, tower_out)`: the list of per-feature frames the
+        aggregator(s) read, the CM-G gate `[B]` (else None), and the tower's
+        output dict for cm_* models (else None).
+    """
+    raw, mask = [inputs[name] for name, _ in features], inputs["mask"]
+    contexts, correlation, tower_out = [None] * len(raw), None, None
+    if model_cfg["fusion"].startswith("cm_"):
+        tower_out = model.get_layer(TOWER_LAYER)((raw[0], raw[1]), mask=(mask, mask))
+        contexts, correlation = cross_modal_signals(model_cfg, tower_out)
+    names = {layer.name for layer in model.layers}
+    branches = [model.get_layer(f"{name}_branch") if f"{name}_branch" in names else None for name, _ in features]
+    return embed_frames(raw, contexts, branches), correlation, tower_out
 
 
 def build_video_classifier(model_cfg, features, num_classes, max_frames):
@@ -212,7 +267,12 @@ def build_video_classifier(model_cfg, features, num_classes, max_frames):
     inputs["mask"] = keras.Input((max_frames,), dtype="bool", name="mask")
     mask = inputs["mask"]
     raw = [inputs[feature] for feature, _ in features]
-    frames = _branches(model_cfg, features, raw, mask)
+    contexts, correlation = [None] * len(raw), None
+    if fusion.startswith("cm_"):
+        # The tower reads the raw frames.
+        tower = build_correlation_tower(model_cfg, frozen=True)
+        contexts, correlation = cross_modal_signals(model_cfg, tower((raw[0], raw[1]), mask=(mask, mask)))
+    frames = _branches(model_cfg, features, raw, mask, contexts)
 
     if fusion == "early":
         x = frames[0] if len(frames) == 1 else keras.layers.Concatenate(axis=-1)(frames)
@@ -222,10 +282,7 @@ def build_video_classifier(model_cfg, features, num_classes, max_frames):
                   for kw, (feature, _), x in zip(sections, features, frames)]
         pooled = pooled[0] if len(pooled) == 1 else keras.layers.Concatenate(axis=-1)(pooled)
     else:
-        tower = build_correlation_tower(model_cfg, frozen=True)
-        tower_out = tower((raw[0], raw[1]), mask=(mask, mask))
-        video, audio, correlation = cross_modal_inputs(model_cfg, tower_out, frames[0], frames[1])
-        pooled = agg.cross(**sections[0], name="cross_modal_aggregator")((video, audio), mask=(mask, mask),
+        pooled = agg.cross(**sections[0], name="cross_modal_aggregator")((frames[0], frames[1]), mask=(mask, mask),
                                                                           correlation=correlation)
 
     x = pooled
@@ -247,14 +304,14 @@ def build_video_classifier(model_cfg, features, num_classes, max_frames):
     return keras.Model(inputs, probs, name=f"{name}_{fusion}")
 
 
-def _branches(model_cfg, features, frames, mask):
-    """Per-modality frame embeddings (`model.branch_units`) and their CKA alignment (`model.cka`)."""
+def _branches(model_cfg, features, frames, mask, contexts):
+    """Per-modality aggregator inputs (`embed_frames` with new `model.branch_units` branches) and their CKA alignment (`model.cka`)."""
     units = model_cfg["branch_units"]
     if units < 0:
         raise ConfigError(f"model.branch_units={units}: expected >= 0 (0: the aggregators see the raw frames)")
-    if units:
-        frames = [keras.layers.Dense(units, activation="relu", name=f"{feature}_branch")(x)
-                  for (feature, _), x in zip(features, frames)]
+    branches = [FrameEmbedding(units, activation="relu", name=f"{feature}_branch") if units else None
+                for feature, _ in features]
+    frames = embed_frames(frames, contexts, branches)
     cka = _section(model_cfg, "cka")
     if cka["weight"] < 0:
         raise ConfigError(f"model.cka.weight={cka['weight']}: expected >= 0 (0 turns CKA alignment off)")
