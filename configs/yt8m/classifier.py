@@ -160,10 +160,12 @@ def single_stream(aggregator, stream):
 def cross_modal(aggregator):
     """Constructor arguments of the cross-modal aggregator layer (cm_gated, cm_concat)."""
     if aggregator == "netvlad":
-        # CrossModalNetVLAD; transform_units: hidden widths of the assignment transform F (None: one layer).
+        # CrossModalNetVLAD; transform_units: hidden widths of the assignment transform F (None: one layer);
+        # transform_kernel_size: F's width over time (1: per frame, the paper's form; k > 1: convolutions
+        # that can follow an event up to k // 2 frames away in the other modality).
         return dict(video_clusters=NETVLAD_CLUSTERS["video"], audio_clusters=NETVLAD_CLUSTERS["audio"],
                     transform_units=placeholder(tuple), output_dim=placeholder(int), use_batch_norm=True,
-                    epsilon=1e-6)
+                    epsilon=1e-6, transform_kernel_size=1)
     if aggregator == "rnn":
         # CrossModalAttentionClusters; transform F over time: conv (kernel transform_kernel_size) | dense.
         return dict(video_clusters=ATTENTION_CLUSTERS["video"], audio_clusters=ATTENTION_CLUSTERS["audio"],

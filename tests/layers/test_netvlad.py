@@ -225,6 +225,82 @@ def test_cross_modal_matches_numpy(rng):
     np.testing.assert_allclose(_np(r_a), np.transpose(w_a, (0, 2, 1)), rtol=1e-5, atol=1e-6)
 
 
+def _temporal_transform_ref(layers, alpha, mask):
+    """F with kernel k: per layer, out_t = relu(b + Σ_j x_{t + j - (k-1)//2} W_j), zero outside [0, T) (float64 loops).
+
+    Keras' "same" padding puts (k-1)//2 zeros before the sequence; before every layer after the first
+    the source modality's padded frames are set to 0.
+    """
+    h = alpha.astype(np.float64)
+    for i, layer in enumerate(layers):
+        if i:
+            h = h * mask[..., None]
+        kernel, bias = layer.kernel.numpy().astype(np.float64), layer.bias.numpy().astype(np.float64)
+        k, b, t = kernel.shape[0], h.shape[0], h.shape[1]
+        out = np.zeros((b, t, kernel.shape[-1]))
+        for n in range(b):
+            for step in range(t):
+                acc = bias.copy()
+                for j in range(k):
+                    src = step + j - (k - 1) // 2
+                    if 0 <= src < t:
+                        acc += h[n, src] @ kernel[j]
+                out[n, step] = np.maximum(acc, 0.0)
+        h = out
+    return h
+
+
+@pytest.mark.parametrize("kernel_size, hidden", [(3, None), (4, (5,))])
+def test_cross_modal_temporal_transform_matches_numpy(rng, kernel_size, hidden):
+    video, audio, vm, am = _cross_modal_data(rng)
+    g = np.array([0.3, 1.0, 0.7])
+    layer = CrossModalNetVLAD(4, 3, transform_units=hidden, transform_kernel_size=kernel_size)
+    layer.build((video.shape, audio.shape))
+    _randomize(layer, rng)
+    assert all(sub.kernel.shape[0] == kernel_size for sub in layer.audio_to_video + layer.video_to_audio)
+    a_v = _assign_ref(layer.video_netvlad, video, vm)
+    a_a = _assign_ref(layer.audio_netvlad, audio, am)
+    both = (vm & am)[..., None] * g[:, None, None]
+    w_v = a_v + both * _temporal_transform_ref(layer.audio_to_video, a_a, am)
+    w_a = a_a + both * _temporal_transform_ref(layer.video_to_audio, a_v, vm)
+    expected = np.concatenate([
+        _vlad_ref(w_v, video, layer.video_netvlad.centers.numpy()),
+        _vlad_ref(w_a, audio, layer.audio_netvlad.centers.numpy()),
+    ], axis=-1)
+    out, (r_v, _) = layer((video, audio), mask=(vm, am), correlation=g.astype("float32"), return_assignments=True)
+    np.testing.assert_allclose(_np(out), expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(_np(r_v), np.transpose(w_v, (0, 2, 1)), rtol=1e-5, atol=1e-6)
+
+
+def test_cross_modal_temporal_transform_layer_contract(rng):
+    video, audio, vm, am = _cross_modal_data(rng)
+    run_layer_test(
+        CrossModalNetVLAD,
+        {"video_clusters": 4, "audio_clusters": 3, "transform_units": (5,), "transform_kernel_size": 3},
+        (video, audio), mask=(vm, am),
+        call_kwargs={"correlation": np.array([0.2, 0.9, 0.5], "float32")},
+        expected_output_shape=(3, 4 * 3 + 3 * 2), run_masking_invariance=True,
+    )
+
+
+def test_temporal_transform_reaches_a_neighbouring_frame_and_the_per_frame_one_does_not(rng):
+    """An audio assignment changed at frame 3 moves the video weights at frame 2 only with k > 1."""
+    video, audio, _, _ = _cross_modal_data(rng)
+    changed = audio.copy()
+    changed[:, 3] += 5.0
+    for k, moves in ((1, False), (3, True)):
+        layer = CrossModalNetVLAD(4, 3, transform_kernel_size=k, use_batch_norm=False)
+        layer.build((video.shape, audio.shape))
+        _randomize(layer, rng)
+        for sub in layer.audio_to_video:
+            sub.bias.assign(np.ones(sub.bias.shape, "float32"))  # no dead units
+            sub.kernel.assign(np.abs(sub.kernel.numpy()))
+        before = _np(layer((video, audio), return_assignments=True)[1][0])
+        after = _np(layer((video, changed), return_assignments=True)[1][0])
+        assert (np.abs(after[:, :, 2] - before[:, :, 2]).max() > 1e-4) == moves, k
+        np.testing.assert_allclose(after[:, :, 0], before[:, :, 0], atol=1e-6)  # outside the kernel's reach
+
+
 def test_returned_assignments_in_a_functional_model(rng):
     video, audio, vm, am = _cross_modal_data(rng)
     inputs = [keras.Input(video.shape[1:]), keras.Input(audio.shape[1:])]
@@ -281,7 +357,8 @@ def test_gradients_reach_the_transforms_only_when_gated_on(rng):
     [(NetVLAD, {"num_clusters": 0}, "num_clusters must be >= 1, got 0"),
      (NetVLAD, {"epsilon": 0.0}, "epsilon must be > 0"),
      (NetVLAD, {"output_dim": 0}, "output_dim must be None or >= 1"),
-     (CrossModalNetVLAD, {"transform_units": (4, 0)}, "transform_units must be positive")],
+     (CrossModalNetVLAD, {"transform_units": (4, 0)}, "transform_units must be positive"),
+     (CrossModalNetVLAD, {"transform_kernel_size": 0}, "transform_kernel_size must be a positive int; got 0")],
 )
 def test_rejects_bad_arguments(cls, kwargs, message):
     with pytest.raises(ConfigError, match=message):

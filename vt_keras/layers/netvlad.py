@@ -199,7 +199,13 @@ class CrossModalNetVLAD(keras.layers.Layer):
     attention weights, as the paper says). F_a maps the audio assignment
     (audio_clusters values) to video_clusters values and F_v the reverse;
     each is a ReLU dense transform, optionally after hidden ReLU layers of
-    `transform_units`. Following the paper's equation, w = α + g·F(·) is
+    `transform_units`. With `transform_kernel_size` k > 1 every layer of F
+    is instead a ReLU convolution over time of width k ("same" padding, the
+    other modality's padded frames set to 0 before each layer), so
+    `F_a(α_a)_t` reads the audio assignments of frames t − ⌊k/2⌋ … t + ⌊(k−1)/2⌋
+    (one layer) and can follow an audio event a few frames away from the
+    visual one, as the temporal F of the other two cross-modal aggregators
+    does; k = 1 is the paper's per-frame form. Following the paper's equation, w = α + g·F(·) is
     *not* renormalised: F's output is non-negative, so w only adds mass to
     clusters. The cross term is zero at frames where either modality is
     padded. g is `correlation`, the frozen correlation tower's probability
@@ -217,6 +223,8 @@ class CrossModalNetVLAD(keras.layers.Layer):
         transform_units: None, an int or a sequence of ints: widths of hidden
             ReLU layers of F before its final ReLU layer. None: F is one ReLU
             dense layer.
+        transform_kernel_size: int k, the temporal width of each layer of F
+            (1: per frame, dense layers; k > 1: convolutions over time).
         output_dim: optional int size of a final dense projection.
         use_batch_norm: bool, batch norm instead of a bias on each modality's
             assignment logits.
@@ -250,8 +258,10 @@ class CrossModalNetVLAD(keras.layers.Layer):
     """
 
     def __init__(self, video_clusters=128, audio_clusters=64, transform_units=None,
-                 output_dim=None, use_batch_norm=True, epsilon=1e-12, **kwargs):
+                 output_dim=None, use_batch_norm=True, epsilon=1e-12, transform_kernel_size=1,
+                 **kwargs):
         super().__init__(**kwargs)
+        checks.positive_int("transform_kernel_size", transform_kernel_size)
         if output_dim is not None and int(output_dim) < 1:
             raise ConfigError(
                 f"CrossModalNetVLAD output_dim must be None or >= 1, got {output_dim}"
@@ -267,17 +277,19 @@ class CrossModalNetVLAD(keras.layers.Layer):
         self.output_dim = None if output_dim is None else int(output_dim)
         self.use_batch_norm = bool(use_batch_norm)
         self.epsilon = float(epsilon)
+        self.transform_kernel_size = transform_kernel_size
         self.supports_masking = True
         common = dict(use_batch_norm=use_batch_norm, epsilon=epsilon, dtype=self.dtype_policy)
         self.video_netvlad = NetVLAD(self.video_clusters, name="video_netvlad", **common)
         self.audio_netvlad = NetVLAD(self.audio_clusters, name="audio_netvlad", **common)
 
         def transform(out_units, name):
-            return [
-                keras.layers.Dense(u, activation="relu", dtype=self.dtype_policy,
-                                   name=f"{name}_{i}")
-                for i, u in enumerate(hidden + (out_units,))
-            ]
+            if transform_kernel_size == 1:
+                return [keras.layers.Dense(u, activation="relu", dtype=self.dtype_policy, name=f"{name}_{i}")
+                        for i, u in enumerate(hidden + (out_units,))]
+            return [keras.layers.Conv1D(u, transform_kernel_size, padding="same", activation="relu",
+                                        dtype=self.dtype_policy, name=f"{name}_{i}")
+                    for i, u in enumerate(hidden + (out_units,))]
 
         # F_a: audio assignment -> video clusters; F_v: video -> audio.
         self.audio_to_video = transform(self.video_clusters, "audio_to_video")
@@ -299,15 +311,20 @@ class CrossModalNetVLAD(keras.layers.Layer):
                                (self.video_to_audio, self.video_clusters)):
             for layer in layers:
                 layer.build((None, None, in_dim))
-                in_dim = layer.units
+                in_dim = layer.units if isinstance(layer, keras.layers.Dense) else layer.filters
         if self.projection is not None:
             width = (self.video_clusters * video_shape[-1]
                      + self.audio_clusters * audio_shape[-1])
             self.projection.build((video_shape[0], width))
 
     @staticmethod
-    def _apply(layers, x):
-        for layer in layers:
+    def _apply(layers, x, mask):
+        """F of assignments `x` `[B, T, K]` (0 at padded frames); `mask`: their modality's frames or None."""
+        for i, layer in enumerate(layers):
+            if i and mask is not None:
+                # A hidden layer's relu(bias) at a padded frame must not reach a valid one through a
+                # temporal kernel (a no-op for the per-frame form, whose padded outputs are gated below).
+                x = x * ops.cast(mask, x.dtype)[..., None]
             x = layer(x)
         return ops.cast(x, "float32")
 
@@ -324,8 +341,8 @@ class CrossModalNetVLAD(keras.layers.Layer):
         if correlation is not None:
             gate = ops.reshape(ops.cast(correlation, "float32"), (-1, 1, 1))
             both = both * gate
-        weights_v = alpha_v + both * self._apply(self.audio_to_video, alpha_a)
-        weights_a = alpha_a + both * self._apply(self.video_to_audio, alpha_v)
+        weights_v = alpha_v + both * self._apply(self.audio_to_video, alpha_a, audio_mask)
+        weights_a = alpha_a + both * self._apply(self.video_to_audio, alpha_v, video_mask)
         pooled = ops.concatenate(
             [self.video_netvlad.aggregate(weights_v, video),
              self.audio_netvlad.aggregate(weights_a, audio)],
@@ -367,5 +384,6 @@ class CrossModalNetVLAD(keras.layers.Layer):
             output_dim=self.output_dim,
             use_batch_norm=self.use_batch_norm,
             epsilon=self.epsilon,
+            transform_kernel_size=self.transform_kernel_size,
         )
         return config
