@@ -7,7 +7,8 @@ split beside the label-frequency baseline, exports a SavedModel for TF
 Serving, and prints where everything went.
 
     bin/train
-    bin/train --config=configs/yt8m/netvlad_cm_concat.py --workdir=runs/nv_cmc \
+    bin/train --config=configs/yt8m/classifier.py:aggregator=netvlad,fusion=cm_concat --workdir=runs/nv_cmc \
+        --config.model.tower_workdir=runs/tower \
         --config.train.batch_size=128 --strategy=mirrored
     TF_CONFIG='{"cluster": {"worker": ["host1:2222", "host2:2222"]}, "task": {"type": "worker", "index": 0}}' \
         bin/train --config=... --workdir=... --strategy=multi_worker
