@@ -2,32 +2,16 @@
 import csv
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 import tensorflow as tf
 
+from tests.cli.binaries import assert_one_line_error, run_bin
 from tests.conftest import REPO_ROOT
 from tests.yt8m_fixtures import TINY_CLASSES, tiny_config, write_tiny_yt8m
 from vt_keras.errors import DataError
 from vt_keras import tasks
 
-ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-
-
-def run_bin(name, *args, timeout=600):
-    return subprocess.run([sys.executable, os.path.join(REPO_ROOT, "bin", name), *args], capture_output=True,
-                          text=True, env=ENV, timeout=timeout)
-
-
-def assert_one_line_error(proc, *fragments):
-    assert proc.returncode == 2, (proc.stdout[-2000:], proc.stderr[-2000:])
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1, proc.stderr[-2000:]
-    assert "Traceback" not in proc.stderr
-    for fragment in fragments:
-        assert fragment in errors[0], errors[0]
 
 
 def write_config_file(path, **kwargs):

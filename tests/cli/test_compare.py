@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.cli.test_binaries import assert_one_line_error, run_bin
+from tests.cli.binaries import assert_one_line_error, run_bin
 from tests.yt8m_fixtures import tiny_config, write_tiny_yt8m
 from vt_keras import tasks
 from vt_keras.cli.compare import shared_name, summarize, within_spread

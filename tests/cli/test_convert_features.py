@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tests.cli.test_segments_binaries import assert_one_line_error, run_bin
+from tests.cli.binaries import assert_one_line_error, run_bin
 from tests.export_fixtures import CLASSES, export_frame_model
 from vt_keras.data import yt8m
 from vt_keras.data.mediapipe import convert_features

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from tests.cli.test_segments_binaries import assert_one_line_error, run_bin
+from tests.cli.binaries import assert_one_line_error, run_bin
 
 
 def test_make_data_writes_every_kind_of_file(tmp_path):

@@ -4,7 +4,7 @@ import csv
 import numpy as np
 import pytest
 
-from tests.cli.test_segments_binaries import assert_one_line_error, run_bin
+from tests.cli.binaries import assert_one_line_error, run_bin
 from tests.export_fixtures import CLASSES, FEATURES, VIDEO_FEATURES, export_frame_model, export_video_model
 from vt_keras.data import yt8m
 

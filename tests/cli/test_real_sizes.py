@@ -7,22 +7,14 @@ prediction CSV. Its memory and speed: bench/real_sizes.py and README.
 """
 import csv
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-from tests.conftest import REPO_ROOT
+from tests.cli.binaries import run_bin
 from vt_keras.data.yt8m_writers import write_frame_records
 
-ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
 CLASSES, FRAMES, RECORDS = 3862, 300, 32
-
-
-def run_bin(name, *args):
-    return subprocess.run([sys.executable, os.path.join(REPO_ROOT, "bin", name), *args], capture_output=True,
-                          text=True, env=ENV, timeout=600)
 
 
 @pytest.mark.slow

@@ -2,13 +2,12 @@
 import json
 import os
 import re
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from tests.cli.binaries import assert_one_line_error, run_bin
 from tests.conftest import REPO_ROOT
 from tests.tasks.test_retrieval import tiny_config, write_tiny_data
 from vt_keras.cli.search import search
@@ -17,20 +16,6 @@ from vt_keras.errors import ConfigError, DataError
 from vt_keras.tasks.retrieval import RetrievalTask
 
 QUERY = "Crack the eggs, then whisk"
-
-
-def run_bin(name, *args, env=None, timeout=600):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", **(env or {}))
-    return subprocess.run([sys.executable, os.path.join(REPO_ROOT, "bin", name), *args], capture_output=True,
-                          text=True, env=env, timeout=timeout)
-
-
-def assert_one_line_error(proc, *fragments):
-    assert proc.returncode == 2, (proc.stdout[-2000:], proc.stderr[-2000:])
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
-    for fragment in fragments:
-        assert fragment in errors[0], errors[0]
 
 
 @pytest.fixture(scope="module")

@@ -1,34 +1,17 @@
 """bin/predict --segments and bin/evaluate_segments as a user runs them, and their bad-input lines."""
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-from tests.conftest import REPO_ROOT
+from tests.cli.binaries import assert_one_line_error, run_bin
 from tests.export_fixtures import CLASSES, FEATURES, export_frame_model, export_video_model, segment_scores
 from vt_keras.data import yt8m
 from vt_keras.data.segments import read_segment_ratings
 from vt_keras.data.submission import read_submission
 from vt_keras.metrics.segments import segment_map
 
-ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
 LENGTHS = [23, 4, 10, 17, 5, 12]  # 4, 0, 2, 3, 1, 2 complete segments
-
-
-def run_bin(name, *args):
-    return subprocess.run([sys.executable, os.path.join(REPO_ROOT, "bin", name), *args], capture_output=True,
-                          text=True, env=ENV, timeout=600)
-
-
-def assert_one_line_error(proc, *fragments):
-    assert proc.returncode == 2, (proc.stdout[-2000:], proc.stderr[-2000:])
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
-    for fragment in fragments:
-        assert fragment in errors[0], errors[0]
 
 
 @pytest.fixture(scope="module")

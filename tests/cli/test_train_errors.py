@@ -1,16 +1,11 @@
 """`bin/train`'s own flags: mistakes end in one line on stderr and exit status 2; the default workdir."""
 import os
-import subprocess
-import sys
 
-from tests.conftest import REPO_ROOT
-
-ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+from tests.cli.binaries import run_bin
 
 
 def run_train(*args):
-    return subprocess.run([sys.executable, os.path.join(REPO_ROOT, "bin", "train"), *args], capture_output=True,
-                          text=True, env=ENV, timeout=300)
+    return run_bin("train", *args, timeout=300)
 
 
 def one_error_line(proc):

@@ -3,12 +3,11 @@ fine-tune on rated segments → predict --segments → evaluate_segments, and th
 import csv
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
+from tests.cli.binaries import assert_one_line_error, run_bin
 from tests.conftest import REPO_ROOT
 from tests.yt8m_video_fixtures import RATED_FRAMES, TINY_CLASSES, write_tiny_rated, write_tiny_video_level
 from vt_keras import tasks
@@ -16,20 +15,6 @@ from vt_keras.data import yt8m
 from vt_keras.data.taxonomy import Taxonomy
 from vt_keras.train.checkpoints import load_config
 
-ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-
-
-def run_bin(name, *args):
-    return subprocess.run([sys.executable, os.path.join(REPO_ROOT, "bin", name), *args], capture_output=True,
-                          text=True, env=ENV, timeout=600)
-
-
-def assert_one_line_error(proc, *fragments):
-    assert proc.returncode == 2, (proc.stdout[-2000:], proc.stderr[-2000:])
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
-    assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
-    for fragment in fragments:
-        assert fragment in errors[0], errors[0]
 
 
 def write_config_file(path, **kwargs):
