@@ -3,6 +3,7 @@ import os
 
 import numpy as np
 
+from tests.overrides import set_keys
 from vt_keras.cli.common import load_config_file, load_config_module
 
 TINY_FEATURES = (("rgb", 8), ("audio", 4))
@@ -73,12 +74,7 @@ def tiny_config(train_pattern, eval_pattern=None, config_file="configs/yt8m/late
     c.train.log_every = 1
     c.eval.batch_size = 16
     c.optimizer.plateau_patience = 0
-    for key, value in overrides.items():
-        node = c
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
+    set_keys(c, overrides)
     return c
 
 

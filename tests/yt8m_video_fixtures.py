@@ -3,6 +3,7 @@ import os
 
 import numpy as np
 
+from tests.overrides import set_keys
 from vt_keras.cli.common import load_config_file
 
 TINY_VIDEO_FEATURES = (("mean_rgb", 8), ("mean_audio", 4))
@@ -74,10 +75,5 @@ def tiny_video_config(train_pattern, eval_pattern=None, config_file="configs/yt8
     c.train.log_every = 1
     c.eval.batch_size = 16
     c.optimizer.learning_rate = 0.01
-    for key, value in overrides.items():
-        node = c
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
+    set_keys(c, overrides)
     return c

@@ -9,6 +9,7 @@ import pytest
 import tensorflow as tf
 
 from tests.conftest import REPO_ROOT, mirrored_strategy
+from tests.overrides import set_keys
 from tests.tasks.replicas import EPS32, assert_moved, initial_weights, replica_atols
 from vt_keras.cli.common import load_config_file
 from vt_keras.data import cka_synthetic as data
@@ -31,12 +32,7 @@ def tiny_config(method="cos_cka", **overrides):
     config.train.batch_size, config.train.num_steps, config.train.eval_every = 32, 2, 0
     config.train.checkpoint_every, config.train.cka_warmup_steps = 0, 0
     config.model.hidden_units = (8, 8, 8)
-    for key, value in overrides.items():
-        node = config
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
+    set_keys(config, overrides)
     return config
 
 

@@ -9,6 +9,7 @@ import pytest
 import tensorflow as tf
 
 from tests.conftest import mirrored_strategy
+from tests.overrides import set_keys
 from tests.tasks.replicas import assert_moved, initial_weights, replica_atols, weights
 from vt_keras.cli.common import load_config_file
 from vt_keras.data.video_text_synthetic import make_video_text_data
@@ -54,16 +55,6 @@ def tiny_config(data, cache_dir=None, **overrides):
     if cache_dir:
         retrieval.prepare_vocabulary(c, cache_dir=cache_dir, log=quiet)
     return c
-
-
-def set_keys(config, overrides):
-    """Sets dotted keys: {"loss.info_nce.temperature": 0.1}."""
-    for key, value in overrides.items():
-        *parents, leaf = key.split(".")
-        node = config
-        for part in parents:
-            node = node[part]
-        node[leaf] = value
 
 
 @pytest.fixture(scope="module")

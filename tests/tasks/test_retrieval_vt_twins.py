@@ -9,8 +9,8 @@ import pytest
 import tensorflow as tf
 
 from tests.conftest import REPO_ROOT, mirrored_strategy
+from tests.overrides import set_keys
 from tests.tasks.replicas import assert_moved, initial_weights, replica_atols, weights
-from tests.tasks.test_retrieval import set_keys
 from vt_keras.cli.common import load_config_file
 from vt_keras.cli.plot_alignment import plot_alignment
 from vt_keras.data.video_text import make_video_text_example, write_video_text_records
