@@ -232,3 +232,36 @@ def test_damaged_file_stops_by_default_and_is_skipped_on_request(tmp_path, rng, 
     ids = set(out["id"].tolist())
     assert {b"g0", b"g1"} <= ids and b"b2" not in ids
     assert yt8m.data_counters() == {"skipped_corrupt_files": 1}
+
+
+def _record_ends(data):
+    """Byte offsets where each TFRecord frame ends: 8 bytes of length, 4 of its CRC, the data, 4 of CRC."""
+    ends, at = [], 0
+    while at < len(data):
+        at += 8 + 4 + int.from_bytes(data[at:at + 8], "little") + 4
+        ends.append(at)
+    assert at == len(data)
+    return ends
+
+
+@pytest.mark.parametrize("kept", [20, 16, 0], ids=["mid-block", "block-edge", "first-record"])
+def test_a_file_cut_inside_a_record_is_caught_after_the_records_before_it(tmp_path, rng, kept):
+    """The reader counts its bytes in blocks of 16 records; the message counts the whole records read."""
+    path = tmp_path / "cut.tfrecord"
+    yt8m.write_frame_records(str(path), _examples(rng, [1] * 40, prefix="c"))
+    data = path.read_bytes()
+    ends = _record_ends(data)
+    assert len(ends) == 40
+    # Whole, the file is read in its order.
+    out = _read(str(path), max_frames=1)
+    assert [x.decode() for x in out["id"]] == [f"c{i}" for i in range(40)]
+    cut = (ends[kept - 1] if kept else 0) + 10  # 10 bytes into record `kept`
+    path.write_bytes(data[:cut])
+    with pytest.raises(DataError, match=rf"^file '.*cut\.tfrecord' is truncated or corrupt: TFRecord data unreadable "
+                                        rf"from byte {cut - 10} of {cut} \(after {kept} records\)$"):
+        _read(str(path), max_frames=1)
+    if kept:
+        yt8m.reset_data_counters()
+        out = _read(str(path), max_frames=1, skip_corrupt_records=True)
+        assert [x.decode() for x in out["id"]] == [f"c{i}" for i in range(kept)]
+        assert yt8m.data_counters() == {"skipped_corrupt_files": 1}
