@@ -6,6 +6,7 @@ lowest first, are written once, here; a module may import modules of its own
 floor or of lower floors, and the graph of imports within a floor must have
 no cycle.
 """
+import sys
 import ast
 import os
 
@@ -129,3 +130,20 @@ def test_no_import_cycles():
 ])
 def test_the_cycle_finder_finds_cycles(graph, expected):
     assert _cycles(graph) == expected
+
+
+def test_a_traced_function_never_steps_into_importlib(monkeypatch):
+    """Backend calls inside a tf.function do not import: AutoGraph would try to convert importlib (a warning)."""
+    import importlib
+
+    import tensorflow as tf
+
+    from vt_keras import backend
+
+    assert "vt_keras.backend.tensorflow_backend" in sys.modules  # imported with the package under TensorFlow
+
+    def no_import(name, *args, **kwargs):
+        raise AssertionError(f"imported {name} inside a traced function")
+
+    monkeypatch.setattr(importlib, "import_module", no_import)
+    assert int(tf.function(lambda: tf.constant(backend.num_replicas()))()) == 1

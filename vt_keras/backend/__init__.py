@@ -15,6 +15,7 @@ A framework's module is imported on first use, for the running Keras backend
 only: a JAX or PyTorch install need not have TensorFlow.
 """
 import importlib
+import sys
 
 import keras
 from keras import ops
@@ -42,8 +43,11 @@ def _module(table, what):
     if backend not in table:
         raise NotImplementedError(
             f"vt_keras: {what} runs on the {', '.join(SUPPORTED)} backends; KERAS_BACKEND is {backend!r}")
-    # Lazy: the module imports its framework, which other backends' installs may lack.
-    return importlib.import_module(table[backend])
+    # Lazy: the module imports its framework, which other backends' installs may lack. Once
+    # imported it is taken from sys.modules, so that a call traced by AutoGraph (inside a
+    # tf.function) never steps into importlib, whose frozen source AutoGraph cannot read (a warning).
+    module = sys.modules.get(table[backend])
+    return module if module is not None else importlib.import_module(table[backend])
 
 
 def _tensorflow_replicas():
@@ -103,3 +107,9 @@ def value_and_grad(fn, args):
         `(value, [gradient per argument])`, backend tensors.
     """
     return _module(_BACKENDS, "value_and_grad").value_and_grad(fn, list(args))
+
+
+if name() == "tensorflow":
+    # TensorFlow is loaded already (it is Keras' backend); its module is imported now rather than on
+    # first use, which may be inside a tf.function, where AutoGraph would trace into importlib.
+    importlib.import_module(_BACKENDS["tensorflow"])
