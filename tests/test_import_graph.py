@@ -6,9 +6,9 @@ lowest first, are written once, here; a module may import modules of its own
 floor or of lower floors, and the graph of imports within a floor must have
 no cycle.
 """
-import sys
 import ast
 import os
+import sys
 
 import pytest
 
