@@ -71,10 +71,14 @@ def report(kind, message):
     return tf.py_function(_count, [kind, message], Tout=tf.int32)
 
 
-def fail(message):
-    """In-graph: raises an `OpError` that `data_errors()` turns into `DataError(message)`."""
-    tf.debugging.Assert(False, [tf.strings.join(["<DataError>", message, "</DataError>"])])
-    return tf.constant(0, tf.int32)
+def fail(message, unless=False):
+    """In-graph: raises an `OpError` that `data_errors()` turns into `DataError(message)`, unless `unless` holds.
+
+    Returns an int32 to put in a control dependency.
+    """
+    check = tf.debugging.Assert(unless, [tf.strings.join(["<DataError>", message, "</DataError>"])])
+    with tf.control_dependencies([check]):
+        return tf.constant(0, tf.int32)
 
 
 def assert_rows(ok, where, detail_fn):
@@ -124,9 +128,8 @@ def read_checked_records(filename, size, skip_corrupt):
             check = tf.cond(intact, lambda: tf.constant(0, tf.int32), lambda: report(
                 "skipped_corrupt_files", tf.strings.join([message(consumed, count), "; skipping the rest"])))
         else:
-            # An Assert rather than a cond: no nested function call per block.
-            check = tf.debugging.Assert(intact, [tf.strings.join(["<DataError>", message(consumed, count),
-                                                                  "</DataError>"])])
+            # A conditional assert rather than a cond: no nested function call per block.
+            check = fail(message(consumed, count), unless=intact)
         with tf.control_dependencies([check]):
             return (consumed, count), (tf.identity(records), tf.fill(tf.shape(records), filename))
 
