@@ -1,4 +1,5 @@
-"""Tests for CrossModalMultiHeadAttention and the Transformer encoders."""
+"""Tests for CrossModalMultiHeadAttention (layers/cross_modal_attention.py) and the Transformer
+encoders built on it (layers/transformer.py); they share the float64 re-derivation below."""
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -6,11 +7,8 @@ import tensorflow as tf
 import keras
 
 from vt_keras.errors import ConfigError
-from vt_keras.layers.cross_modal_attention import (
-    CrossModalMultiHeadAttention,
-    CrossModalTransformerEncoder,
-    TransformerEncoder,
-)
+from vt_keras.layers.cross_modal_attention import CrossModalMultiHeadAttention
+from vt_keras.layers.transformer import CrossModalTransformerEncoder, TransformerEncoder
 from vt_keras.testing import run_layer_test
 
 STEPS, DIMS = 6, (6, 3)

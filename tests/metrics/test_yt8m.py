@@ -6,14 +6,13 @@ import pytest
 
 from vt_keras.errors import ConfigError, DataError
 from vt_keras.metrics.yt8m import (
-    YT8MMetrics,
     average_precision,
-    format_table,
     gap,
     hit_at_one,
     mean_average_precision,
     perr,
 )
+from vt_keras.metrics.yt8m_accumulator import YT8MMetrics, format_table
 
 # The worked example; the hand computation of every value is in test_worked_example.
 P = np.array([[0.9, 0.1, 0.5, 0.3], [0.2, 0.8, 0.7, 0.1], [0.6, 0.4, 0.3, 0.95]])

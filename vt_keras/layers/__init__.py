@@ -7,8 +7,8 @@ from vt_keras.layers.attention_clusters import (  # noqa: F401
     AttentionClusters,
     CrossModalAttentionClusters,
 )
-from vt_keras.layers.cross_modal_attention import (  # noqa: F401
-    CrossModalMultiHeadAttention,
+from vt_keras.layers.cross_modal_attention import CrossModalMultiHeadAttention  # noqa: F401
+from vt_keras.layers.transformer import (  # noqa: F401
     CrossModalTransformerEncoder,
     TransformerEncoder,
 )

@@ -6,13 +6,13 @@ from vt_keras.metrics.retrieval import recall_at_k
 from vt_keras.metrics.retrieval import retrieval_metrics
 from vt_keras.metrics.segments import segment_average_precision
 from vt_keras.metrics.segments import segment_map
-from vt_keras.metrics.yt8m import YT8MMetrics
 from vt_keras.metrics.yt8m import average_precision
-from vt_keras.metrics.yt8m import format_table
 from vt_keras.metrics.yt8m import gap
 from vt_keras.metrics.yt8m import hit_at_one
 from vt_keras.metrics.yt8m import mean_average_precision
 from vt_keras.metrics.yt8m import perr
+from vt_keras.metrics.yt8m_accumulator import YT8MMetrics
+from vt_keras.metrics.yt8m_accumulator import format_table
 
 __all__ = [
     "YT8MMetrics",

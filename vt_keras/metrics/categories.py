@@ -30,7 +30,7 @@ the videos of other categories.
 import numpy as np
 
 from vt_keras.errors import ConfigError, DataError
-from vt_keras.metrics.yt8m import YT8MMetrics
+from vt_keras.metrics.yt8m_accumulator import YT8MMetrics
 
 PREFIX = "category_"
 _METRICS = ("hit_at_one", "perr", "gap", "map")

@@ -63,7 +63,7 @@ from vt_keras.errors import ConfigError
 from vt_keras.layers.alignment import CKAAlignment
 from vt_keras.layers.attention_clusters import AttentionClusters, CrossModalAttentionClusters
 from vt_keras.layers.correlation_tower import CorrelationTower
-from vt_keras.layers.cross_modal_attention import CrossModalTransformerEncoder, TransformerEncoder
+from vt_keras.layers.transformer import CrossModalTransformerEncoder, TransformerEncoder
 from vt_keras.layers.frame_embedding import FrameEmbedding
 from vt_keras.layers.heads import ContextGating, MixtureOfExperts
 from vt_keras.layers.netvlad import CrossModalNetVLAD, NetVLAD

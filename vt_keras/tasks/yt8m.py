@@ -20,7 +20,7 @@ from vt_keras.data.quantization import dequantize_frames
 from vt_keras.data.taxonomy import Taxonomy, find_taxonomy, load_taxonomy
 from vt_keras.errors import ConfigError, DataError
 from vt_keras.metrics.categories import CategoryMetrics, category_classes, format_category_table
-from vt_keras.metrics.yt8m import YT8MMetrics, format_table
+from vt_keras.metrics.yt8m_accumulator import YT8MMetrics, format_table
 from vt_keras.models.video_classifier import (CKA_LAYER, TOWER_LAYER, alignment_view, build_tower_model,
                                               build_video_classifier)
 from vt_keras.tasks.warm_start import check_init_workdir, load_workdir_weights

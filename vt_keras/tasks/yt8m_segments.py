@@ -20,7 +20,7 @@ import tensorflow as tf
 
 from vt_keras.data import segments, yt8m
 from vt_keras.errors import ConfigError
-from vt_keras.metrics.yt8m import YT8MMetrics
+from vt_keras.metrics.yt8m_accumulator import YT8MMetrics
 
 
 def fill_default_segment_data(data_cfg, ensure_data, log=print):
