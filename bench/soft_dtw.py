@@ -122,34 +122,29 @@ class _null:
         return False
 
 
-def _cython_step():
-    from sdtw.soft_dtw import SoftDTW
+def _per_pair_step(soft_dtw_class):
+    """A step of a peer whose `SoftDTW(cost, gamma)` object handles one float64 pair at a time."""
 
     def step(cost, gamma):
         cost = cost.astype(np.float64)
         values, grads = np.empty(len(cost)), np.empty_like(cost)
         for k, c in enumerate(cost):
-            sdtw = SoftDTW(c, gamma=gamma)
+            sdtw = soft_dtw_class(c, gamma=gamma)
             values[k] = sdtw.compute()
             grads[k] = sdtw.grad()
         return values, grads
 
     return step
+
+
+def _cython_step():
+    from sdtw.soft_dtw import SoftDTW
+    return _per_pair_step(SoftDTW)
 
 
 def _tslearn_step():
     from tslearn.metrics.softdtw_variants import SoftDTW
-
-    def step(cost, gamma):
-        cost = cost.astype(np.float64)
-        values, grads = np.empty(len(cost)), np.empty_like(cost)
-        for k, c in enumerate(cost):
-            sdtw = SoftDTW(c, gamma=gamma)
-            values[k] = sdtw.compute()
-            grads[k] = sdtw.grad()
-        return values, grads
-
-    return step
+    return _per_pair_step(SoftDTW)
 
 
 STEPS = {"vt_keras tensorflow": _vt_keras_step, "vt_keras jax": _jax_step, "vt_keras torch": _torch_step,
