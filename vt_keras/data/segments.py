@@ -21,7 +21,7 @@ import collections
 
 import tensorflow as tf
 
-from vt_keras.data.checks import iterate
+from vt_keras.data.checks import gate, iterate
 from vt_keras.data.pipeline import record_dataset
 from vt_keras.data.yt8m import FRAME_FEATURES, l2_normalize_concat, parse_frame_example
 from vt_keras.data.yt8m_fields import (SEGMENT_FRAMES, context_spec, normalize_features, pick_ids, segment_ratings,
@@ -202,8 +202,9 @@ def read_segment_ratings(file_pattern, num_classes=None, frames_key="rgb", id_ke
         ids, check = pick_ids(context, id_key, filenames)
         frames = tf.cast(lengths[frames_key], tf.int32)
         checks, out = segment_ratings(context, frames, num_classes, None, where(ids, filenames))
-        with tf.control_dependencies([check] + checks):
-            return dict(out, id=tf.identity(ids))
+        with tf.control_dependencies([gate([check] + checks)]):
+            return dict({k: v.with_flat_values(tf.identity(v.flat_values)) for k, v in out.items()},
+                        id=tf.identity(ids))
 
     ratings = collections.defaultdict(dict)
     for batch in iterate(record_dataset(file_pattern, 256, parse, skip_corrupt_records=skip_corrupt_records)):

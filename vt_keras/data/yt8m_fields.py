@@ -16,7 +16,7 @@ line naming the file, the record, the key, what was expected and what was found.
 """
 import tensorflow as tf
 
-from vt_keras.data.checks import assert_rows
+from vt_keras.data.checks import RowCheck, assert_rows
 from vt_keras.errors import ConfigError
 
 ID_KEYS = ("id", "video_id")  # 2018+ releases first, then the 2017 release
@@ -73,7 +73,7 @@ def where(ids, filenames):
 
 
 def pick_ids(context, id_key, filenames):
-    """The id of each record (string `[B]`) and the check that every record has exactly one."""
+    """The id of each record (string `[B]`) and the check (a deferred `RowCheck`) that every record has exactly one."""
     keys = id_keys(id_key)
     counts = [context[k].row_lengths() for k in keys]
     firsts = [context[k].to_tensor("", shape=[None, 1])[:, 0] for k in keys]
@@ -94,20 +94,40 @@ def pick_ids(context, id_key, filenames):
     return ids, assert_rows(tf.equal(count, 1), where(ids, filenames), detail)
 
 
+def ragged_values_check(ragged, bad, where_, detail_fn):
+    """A `RowCheck` that no value of `ragged` `[B, None]` is `bad` (bool, like its flat values).
+
+    The graph holds one flag for the batch; the per-row test that names the
+    first bad row is built only on failure (see `vt_keras.data.checks.gate`).
+    """
+
+    def failed():
+        ok = tf.logical_not(tf.reduce_any(ragged.with_flat_values(bad), axis=1))
+        return assert_rows(ok, where_, detail_fn).on_failure()
+
+    return RowCheck(tf.logical_not(tf.reduce_any(bad)), failed)
+
+
 def multi_hot_labels(labels, num_classes, where_):
-    """Checks ragged label ids `[B, None]` against `num_classes`; returns (check, multi-hot float32 `[B, C]`)."""
+    """Checks ragged label ids `[B, None]` against `num_classes`; returns (check, multi-hot float32 `[B, C]`).
+
+    The check is a deferred `RowCheck` (`ragged_values_check`). The
+    multi-hot rows do not wait for it (an out-of-range id scatters
+    nothing), so they must be used under the gate.
+    """
     values = labels.flat_values
-    rows = tf.cast(labels.value_rowids(), tf.int64)
     bad = tf.logical_or(values < 0, values >= num_classes)
-    ok = tf.logical_not(tf.reduce_any(labels.with_flat_values(bad), axis=1))
     # The first bad value in row-major order is in the first bad row.
-    check = assert_rows(ok, where_, lambda i: tf.strings.join([
+    check = ragged_values_check(labels, bad, where_, lambda i: tf.strings.join([
         "label ", tf.as_string(tf.boolean_mask(values, bad)[0]),
         f" out of range; expected 0 <= label < num_classes={num_classes}"]))
-    with tf.control_dependencies([check]):
-        batch = tf.shape(where_, out_type=tf.int64)[0]
-        zeros = tf.zeros(tf.stack([batch, tf.constant(num_classes, tf.int64)]), tf.float32)
-        hot = tf.tensor_scatter_nd_max(zeros, tf.stack([rows, values], axis=1), tf.ones_like(values, tf.float32))
+    # Dense ids padded with num_classes (never a class), then every valid (row, id) pair scattered.
+    dense = labels.to_tensor(num_classes)
+    pairs = tf.where(tf.logical_and(dense >= 0, dense < num_classes))
+    batch = tf.shape(dense, out_type=tf.int64)[0]
+    zeros = tf.zeros(tf.stack([batch, tf.constant(num_classes, tf.int64)]), tf.float32)
+    hot = tf.tensor_scatter_nd_max(zeros, tf.stack([pairs[:, 0], tf.gather_nd(dense, pairs)], axis=1),
+                                   tf.ones(tf.shape(pairs)[:1], tf.float32))
     return check, hot
 
 
@@ -124,7 +144,9 @@ def segment_ratings(context, num_frames, num_classes, max_frames, where_):
 
     Returns:
         `(checks, {"segment_labels": int32 [B, None], "segment_start_times":
-        int32 [B, None], "segment_scores": float32 [B, None]})`, ragged.
+        int32 [B, None], "segment_scores": float32 [B, None]})`, ragged;
+        `checks` are deferred `RowCheck`s: the caller gates its outputs on
+        them (`vt_keras.data.checks.gate`).
     """
     labels, starts, scores = (context[k] for k in SEGMENT_KEYS)
     n_labels, n_starts, n_scores = labels.row_lengths(), starts.row_lengths(), scores.row_lengths()
@@ -136,9 +158,9 @@ def segment_ratings(context, num_frames, num_classes, max_frames, where_):
     frames = tf.cast(num_frames, tf.int64)
     start_values = starts.flat_values
     bad_start = tf.logical_or(start_values < 0, start_values >= tf.gather(frames, starts.value_rowids()))
-    bad_start = starts.with_flat_values(bad_start)
-    checks.append(assert_rows(tf.logical_not(tf.reduce_any(bad_start, axis=1)), where_, lambda i: tf.strings.join([
-        "segment start time ", tf.as_string(tf.boolean_mask(starts[i], bad_start[i])[0]), " outside the video's ",
+    checks.append(ragged_values_check(starts, bad_start, where_, lambda i: tf.strings.join([
+        "segment start time ", tf.as_string(tf.boolean_mask(starts[i], starts.with_flat_values(bad_start)[i])[0]),
+        " outside the video's ",
         tf.as_string(frames[i]), " frames read" + ("" if max_frames is None else f" (max_frames={max_frames})")
         + "; expected 0 <= start < ",
         tf.as_string(frames[i])])))
@@ -146,17 +168,16 @@ def segment_ratings(context, num_frames, num_classes, max_frames, where_):
     bad_label = label_values < 0
     if num_classes is not None:
         bad_label = tf.logical_or(bad_label, label_values >= num_classes)
-    bad_label = labels.with_flat_values(bad_label)
     limit = "" if num_classes is None else f" < num_classes={num_classes}"
-    checks.append(assert_rows(tf.logical_not(tf.reduce_any(bad_label, axis=1)), where_, lambda i: tf.strings.join([
-        "segment_labels: class id ", tf.as_string(tf.boolean_mask(labels[i], bad_label[i])[0]),
+    checks.append(ragged_values_check(labels, bad_label, where_, lambda i: tf.strings.join([
+        "segment_labels: class id ", tf.as_string(tf.boolean_mask(labels[i], labels.with_flat_values(bad_label)[i])[0]),
         f" out of range; expected 0 <= class id{limit}"])))
     score_values = scores.flat_values
-    bad_score = scores.with_flat_values(tf.logical_not(tf.logical_and(score_values >= 0.0, score_values <= 1.0)))
-    checks.append(assert_rows(tf.logical_not(tf.reduce_any(bad_score, axis=1)), where_, lambda i: tf.strings.join([
-        "segment_scores: score ", tf.as_string(tf.boolean_mask(scores[i], bad_score[i])[0], shortest=True),
+    bad_score = tf.logical_not(tf.logical_and(score_values >= 0.0, score_values <= 1.0))
+    checks.append(ragged_values_check(scores, bad_score, where_, lambda i: tf.strings.join([
+        "segment_scores: score ",
+        tf.as_string(tf.boolean_mask(scores[i], scores.with_flat_values(bad_score)[i])[0], shortest=True),
         " outside [0, 1]; expected 1.0 (present) or 0.0 (absent)"])))
-    with tf.control_dependencies(checks):
-        out = {"segment_labels": tf.cast(labels, tf.int32), "segment_start_times": tf.cast(starts, tf.int32),
-               "segment_scores": scores.with_flat_values(tf.identity(scores.flat_values))}
+    out = {"segment_labels": tf.cast(labels, tf.int32), "segment_start_times": tf.cast(starts, tf.int32),
+           "segment_scores": scores}
     return checks, out
