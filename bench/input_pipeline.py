@@ -15,11 +15,20 @@ reads them three ways:
 - per-record:     the peer, the YouTube-8M starter code's reader design on
                   TF2 (our rewrite: one `parse_single_sequence_example` per
                   record, `decode_raw`, dequantize, pad, concatenate the
-                  features, then batch; parallel map and prefetch added).
+                  features, then batch; parallel map and prefetch added);
+- parse, direct:  not a reader: `parse_frame_example` (uint8) as a
+                  `tf.function` called from Python on batches of records
+                  already in memory, outside tf.data. Beside "parse only"
+                  it shows what tf.data's execution of the same function
+                  costs.
 
 Reports examples/s (the median of `--rounds` passes, the readers taking
-turns) and the ratio to the raw read rate. Files are read once
-before timing so every figure reads from the page cache.
+turns), the ratio to the raw read rate, and the process CPU time per batch
+of `--batch_size` (all threads: with 2 cores a reader cannot run faster
+than half its CPU time). Files are read once before timing so every figure
+reads from the page cache. Last, the cost per graph node of one function
+call, mapped by tf.data against called directly (`node_cost`): why the
+parsers keep their graphs small (`vt_keras.data.checks.gate`).
 
     python bench/input_pipeline.py --num_records 2000 --json input_pipeline.json
     python bench/input_pipeline.py --quick          # 500 records, for bench/run_all.py --quick
@@ -83,10 +92,65 @@ def per_record_reader(paths, batch_size, num_classes=3862):
 
 
 def rate(dataset, count_fn):
-    start, n = time.perf_counter(), 0
+    """(examples/s, examples, process CPU seconds per example) of one pass."""
+    start, cpu, n = time.perf_counter(), time.process_time(), 0
     for element in dataset:
         n += count_fn(element)
-    return n / (time.perf_counter() - start), n
+    return n / (time.perf_counter() - start), n, (time.process_time() - cpu) / n
+
+
+class DirectParse:
+    """Iterable: `parse` called from Python on each in-memory batch of records (no tf.data)."""
+
+    def __init__(self, batches, parse):
+        self.batches, self.parse = batches, parse
+
+    def __iter__(self):
+        return (self.parse(b) for b in self.batches)
+
+
+def node_cost(nodes=600, calls=50, rounds=3):
+    """Seconds per graph node of one function call: mapped by tf.data against called directly.
+
+    The function is a chain of `nodes` // 2 multiply-adds on a 32-vector, so
+    the work per node is negligible and the figure is the per-node overhead.
+    Also the cost of the same chain in the untaken branch of a `tf.cond`
+    under tf.data (what a parser's error-message code costs on good data).
+    """
+    import tensorflow as tf
+
+    def chain(x):
+        for i in range(nodes // 2):
+            x = x * 1.0001 + float(i)
+        return x
+
+    def untaken(x):
+        return tf.cond(tf.reduce_all(x > -1.0), lambda: x, lambda: chain(x))
+
+    x = tf.zeros([32])
+    out = {}
+    for name, fn in (("direct", chain), ("tf.data", chain), ("tf.data, untaken tf.cond branch", untaken)):
+        f = tf.function(fn)
+        if name == "direct":
+            f(x)
+
+            def one_pass():
+                for _ in range(calls):
+                    f(x)
+        else:
+            ds = tf.data.Dataset.from_tensors(x).repeat(calls).map(f)
+
+            def one_pass():
+                for _ in ds:
+                    pass
+        one_pass()
+        times = []
+        for _ in range(rounds):
+            start = time.perf_counter()
+            one_pass()
+            times.append((time.perf_counter() - start) / calls / nodes)
+        out[name] = float(np.median(times))
+    return out
 
 
 def main():
@@ -130,12 +194,17 @@ def main():
                                                            dtype="float32"), lambda b: int(b["id"].shape[0])),
             "per-record (peer)": (per_record_reader(paths, args.batch_size), lambda b: int(b["id"].shape[0])),
         }
+        # Batches of records in memory (the whole set), parsed by direct calls.
+        direct = tf.function(lambda r: yt8m.parse_frame_example(r, max_frames=FRAMES, dtype="uint8"))
+        batches = list(raw.batch(args.batch_size))
+        direct(batches[0])
+        readers["parse, direct (no tf.data)"] = (DirectParse(batches, direct), lambda b: int(b["id"].shape[0]))
         # Rounds in alternation; the median round per reader is reported.
         runs = {name: [] for name in readers}
         for _ in range(args.rounds):
             for name, (dataset, count) in readers.items():
                 runs[name].append(rate(dataset, count))
-        results = {name: ([r for r, _ in v], v[0][1]) for name, v in runs.items()}
+        results = {name: ([r for r, _, _ in v], v[0][1], [c for _, _, c in v]) for name, v in runs.items()}
     finally:
         if args.dir is None:
             shutil.rmtree(directory, ignore_errors=True)
@@ -144,22 +213,28 @@ def main():
     print(f"{args.num_records} records x {FRAMES} frames in {args.num_files} files, {size_mb:.0f} MiB "
           f"(written in {write_s:.1f} s); batch {args.batch_size}; {os.cpu_count()} CPUs; "
           f"BFC allocator {'on' if args.bfc_allocator else 'off'}; median (min-max) of {args.rounds} passes")
-    print(f"{'reader':<26}{'examples/s':>12}{'min-max':>16}{'MiB/s':>10}{'vs raw':>9}")
+    print(f"{'reader':<28}{'examples/s':>12}{'min-max':>16}{'MiB/s':>10}{'vs raw':>9}{'CPU ms/batch':>14}")
     rows = []
-    for name, (rates, n) in results.items():
+    for name, (rates, n, cpus) in results.items():
         assert n == args.num_records, (name, n)
         value = float(np.median(rates))
         mib = value * size_mb / args.num_records
         spread = f"{min(rates):.0f}-{max(rates):.0f}"
-        print(f"{name:<26}{value:>12.1f}{spread:>16}{mib:>10.1f}{value / raw_rate:>9.3f}")
+        cpu_ms = float(np.median(cpus)) * args.batch_size * 1e3
+        print(f"{name:<28}{value:>12.1f}{spread:>16}{mib:>10.1f}{value / raw_rate:>9.3f}{cpu_ms:>14.2f}")
         rows.append({"reader": name, "examples_per_s": value, "examples_per_s_min": float(min(rates)),
-                     "examples_per_s_max": float(max(rates)), "mib_per_s": mib, "ratio_to_raw": value / raw_rate})
+                     "examples_per_s_max": float(max(rates)), "mib_per_s": mib, "ratio_to_raw": value / raw_rate,
+                     "cpu_ms_per_batch": cpu_ms})
+    per_node = node_cost()
+    print("cost per graph node of a function call (a chain of 600 trivial ops): "
+          + ", ".join(f"{name} {1e6 * v:.2f} us" for name, v in per_node.items()))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"num_records": args.num_records, "frames": FRAMES, "num_files": args.num_files,
                        "batch_size": args.batch_size, "size_mib": size_mb, "cpus": os.cpu_count(),
                        "bfc_allocator": args.bfc_allocator, "load_average": os.getloadavg(),
-                       "tensorflow": tf.__version__, "machine": platform.machine(), "results": rows}, f, indent=1)
+                       "tensorflow": tf.__version__, "machine": platform.machine(), "results": rows,
+                       "seconds_per_graph_node": per_node}, f, indent=1)
 
 
 if __name__ == "__main__":

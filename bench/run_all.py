@@ -156,11 +156,16 @@ def md_machine(m):
 def md_input_pipeline(r):
     lines = [f"{r['num_records']:,} records of {r['frames']} frames ({r['size_mib']:.0f} MiB, page cache), batch "
              f"{r['batch_size']}, BFC allocator {'on' if r['bfc_allocator'] else 'off'}",
-             "", "| reader | examples/s (median, min–max) | × raw |", "|---|---|---|"]
+             "", "| reader | examples/s (median, min–max) | × raw | CPU ms per batch (all threads) |",
+             "|---|---|---|---|"]
     for row in r["results"]:
         spread = (f" ({fmt(row['examples_per_s_min'])}–{fmt(row['examples_per_s_max'])})"
                   if "examples_per_s_min" in row else "")
-        lines.append(f"| {row['reader']} | {fmt(row['examples_per_s'])}{spread} | {row['ratio_to_raw']:.2f} |")
+        cpu = f"{row['cpu_ms_per_batch']:.1f}" if "cpu_ms_per_batch" in row else ""
+        lines.append(f"| {row['reader']} | {fmt(row['examples_per_s'])}{spread} | {row['ratio_to_raw']:.2f} | {cpu} |")
+    if "seconds_per_graph_node" in r:
+        lines += ["", "Cost per graph node of one function call (a chain of trivial ops): " + ", ".join(
+            f"{name} {1e6 * v:.2f} µs" for name, v in r["seconds_per_graph_node"].items())]
     return lines
 
 
