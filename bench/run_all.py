@@ -186,6 +186,24 @@ def md_train_step(r):
     for failure in r.get("failures", []):
         lines.append(f"| {failure['config']} | {failure['precision']} | {'yes' if failure['jit_compile'] else 'no'}"
                      f" | | cannot run: {failure['error']} | | |")
+    return lines + [""] + md_step_grid(r)
+
+
+def md_step_grid(r):
+    """The same figures in one row per config: ms/step per precision and XLA setting, × late at each."""
+    settings, grid = [], {}
+    for row in r["results"]:
+        key = (row["precision"], bool(row["jit_compile"]))
+        if key not in settings:
+            settings.append(key)
+        ratio = f" ({row['step_time_vs_late']:.2f})" if "step_time_vs_late" in row else ""
+        grid.setdefault(row["config"], {})[key] = f"{fmt(1000 * row['step_seconds_median'])}{ratio}"
+    names = [f"{p}{', XLA' if jit else ''}" for p, jit in settings]
+    lines = ["ms/step (median) per precision and XLA setting; in brackets, × the late fusion of the same "
+             "aggregator at the same setting:", "", "| config | " + " | ".join(names) + " |",
+             "|---" * (len(names) + 1) + "|"]
+    for config, cells in grid.items():
+        lines.append(f"| {config} | " + " | ".join(cells.get(k, "") for k in settings) + " |")
     return lines
 
 

@@ -4,7 +4,7 @@ import pytest
 import tensorflow as tf
 
 from vt_keras.data import yt8m
-from vt_keras.data.checks import (assert_rows, data_counters, data_errors, gate, report_if,
+from vt_keras.data.checks import (assert_rows, data_counters, data_errors, gate, iterate, report_if,
                                   reset_data_counters)
 from vt_keras.errors import DataError
 
@@ -51,17 +51,22 @@ def test_a_tolerated_problem_is_reported_and_does_not_fail():
     assert data_counters()["test_tolerated"] == 1
 
 
-def test_the_recheck_runs_only_on_failure_in_place_of_the_in_graph_checks():
+def test_with_a_recheck_the_message_is_built_on_demand_outside_the_pipeline():
     calls = []
 
-    def recheck(values):
-        calls.append(values.numpy().tolist())
-        return np.int32(0)
+    def recheck(values):  # what a parser's recheck does: the same checks, eagerly, messages in the graph
+        calls.append(values.tolist())
+        gate([assert_rows(tf.constant(values), WHERE, lambda i: "message from the recheck")])
 
     for flags in ((True, True, True), (True, False, True)):
         values = tf.constant(flags)
-        assert _run(lambda: [assert_rows(values, WHERE, lambda i: "not raised: the recheck decides")],
-                    recheck=(recheck, [values])) == 0
+        dataset = tf.data.Dataset.from_tensors(values).map(
+            lambda v: gate([assert_rows(v, WHERE, lambda i: "never built")], recheck=(recheck, [v])))
+        if all(flags):
+            assert [int(x) for x in iterate(dataset)] == [0]
+        else:
+            with pytest.raises(DataError, match=r"^row 1: message from the recheck$"):
+                list(iterate(dataset))
     assert calls == [[True, False, True]]
 
 
@@ -81,7 +86,7 @@ def test_the_frame_parser_builds_its_messages_outside_the_graph_with_the_same_te
     # tf.data pays for every node of a map function on each call, untaken branches included
     # (bench/input_pipeline.py), so the parser keeps its messages in a callback; an export keeps them
     # in the graph. The two build the same message.
-    assert _failure_branch_nodes(count_problems=True) < 20 < 200 < _failure_branch_nodes(count_problems=False)
+    assert _failure_branch_nodes(count_problems=True) < 50 < 200 < _failure_branch_nodes(count_problems=False)
     records = tf.constant([_frame(rng, "good"), _frame(rng, "bad", labels=(2, 7))])
     messages = []
     for count_problems in (True, False):

@@ -28,6 +28,7 @@ absl logging (the first ten of each kind, then every thousandth).
 import codecs
 import collections
 import contextlib
+import itertools
 import re
 import threading
 import typing
@@ -43,6 +44,11 @@ _TFRECORD_OVERHEAD = 16
 _MARK = re.compile(r"<DataError>(.*?)</DataError>", re.S)
 _COUNTERS = collections.Counter()
 _LOCK = threading.Lock()
+# Failed batches whose message is built on demand (see `gate`): token -> eager re-check.
+_RECHECK_MARK = re.compile(r"<DataRecheck (\d+)>")
+_RECHECKS = collections.OrderedDict()
+_TOKENS = itertools.count()
+_MAX_RECHECKS = 8
 
 
 def data_counters():
@@ -122,11 +128,16 @@ def gate(row_checks, recheck=None):
     (about 8 µs a node against 0.2 µs in a `tf.function` called directly,
     on this project's 2-core machine), so a parser whose messages are built
     in the graph pays for them on every batch. With `recheck=(fn, inputs)`
-    the failure branch is one `tf.py_function(fn, inputs)` instead: `fn`
-    re-runs the parser eagerly with its messages in the graph (`gate`
-    without `recheck`), which raises the same error or reports the same
-    problems, and returns an int32. SavedModel exports cannot hold a Python
-    callback: they build without `recheck`.
+    the failure branch is one `tf.py_function` instead, which keeps the
+    inputs' values and fails with a marked line; `data_error_message` (so
+    `data_errors()` and `iterate()`) then calls `fn(*values)` eagerly,
+    outside tf.data: `fn` re-runs the parser with its messages in the graph
+    (`gate` without `recheck`) and raises the same error the in-graph path
+    would. (Running TensorFlow ops inside the callback itself can deadlock
+    a training step that waits on the pipeline.) Only failures belong in a
+    gate with `recheck`: a tolerated problem (`report_if`) must be gated
+    apart. SavedModel exports cannot hold a Python callback: they build
+    without `recheck`.
     """
     row_checks = list(row_checks)
     if not row_checks:
@@ -141,7 +152,7 @@ def gate(row_checks, recheck=None):
 
     def call_back():
         fn, inputs = recheck
-        return tf.reshape(tf.py_function(fn, list(inputs), Tout=tf.int32), [])
+        return tf.reshape(tf.py_function(lambda *values: _defer_recheck(fn, values), list(inputs), Tout=tf.int32), [])
 
     passed = tf.reduce_all(tf.stack([check.passed for check in row_checks]))
     return tf.cond(passed, lambda: tf.constant(0, tf.int32), run_in_order if recheck is None else call_back)
@@ -195,9 +206,39 @@ def plain(fn):
     return tf.autograph.experimental.do_not_convert(fn)
 
 
+def _defer_recheck(fn, values):
+    """In a `gate`'s failure callback: keeps `fn` and the batch for `data_error_message`, then fails."""
+    values = [v.numpy() for v in values]
+    with _LOCK:
+        token = next(_TOKENS)
+        _RECHECKS[token] = lambda: fn(*values)
+        while len(_RECHECKS) > _MAX_RECHECKS:  # failures nobody read: keep memory bounded
+            _RECHECKS.pop(next(iter(_RECHECKS)))
+    raise tf.errors.InvalidArgumentError(None, None, (
+        f"<DataRecheck {token}> a record of this batch failed a data check; read the data under "
+        "vt_keras.data.data_errors() or with vt_keras.data.iterate() for the message"))
+
+
+def _run_recheck(token):
+    """The marked message of a deferred failure (see `gate`), from re-running its check eagerly."""
+    with _LOCK:
+        recheck = _RECHECKS.pop(token, None)
+    if recheck is None:
+        return None
+    try:
+        recheck()
+    except tf.errors.OpError as e:
+        return data_error_message(e)
+    return "a record failed a data check that passed when re-run (a bug: please report it)"
+
+
 def data_error_message(error):
     """The one-line message marked inside a TensorFlow error, or None."""
-    match = _MARK.search(getattr(error, "message", None) or str(error))
+    text = getattr(error, "message", None) or str(error)
+    deferred = _RECHECK_MARK.search(text)
+    if deferred is not None:
+        return _run_recheck(int(deferred.group(1)))
+    match = _MARK.search(text)
     if match is None:
         return None
     # Assert C-escapes quotes, backslashes and non-ASCII bytes of its data.

@@ -34,7 +34,6 @@ Quantization (`vt_keras.data.quantization`), file listing
 the writers (`vt_keras.data.yt8m_writers`) live in their own modules and can
 be imported from here too (`yt8m.dequantize`, `yt8m.write_frame_records`).
 """
-import numpy as np
 import tensorflow as tf
 
 from vt_keras.data.checks import (assert_rows, data_counters, data_errors, describe_record, gate, iterate,
@@ -168,9 +167,10 @@ def _parse_frame_example(serialized, features, max_frames, num_classes, id_key, 
                 f"feature list '{name}' expected {dim} bytes per frame, found ",
                 tf.as_string(tf.boolean_mask(b, w)[0])])))
     shortest = tf.reduce_min(tf.stack(rows), axis=0)
+    tolerated = []
     if len(rows) > 1 and count_problems:
         mismatch = tf.reduce_any(tf.stack(rows) != shortest, axis=0)
-        checks.append(report_if(tf.reduce_any(mismatch), "frame_count_mismatches", lambda: tf.strings.join([
+        tolerated.append(report_if(tf.reduce_any(mismatch), "frame_count_mismatches", lambda: tf.strings.join([
             where_[tf.argmax(tf.cast(mismatch, tf.int32), output_type=tf.int32)],
             ": feature lists disagree in frame count; using the smallest"])))
     num_frames = tf.cast(tf.minimum(shortest, max_frames), tf.int32)
@@ -180,14 +180,14 @@ def _parse_frame_example(serialized, features, max_frames, num_classes, id_key, 
     recheck = None
     if not messages_in_graph:
         def recheck_fn(records, *names):
-            # Eagerly, with the messages in the graph: raises the first failure or reports what is tolerated.
-            _parse_frame_example(records, *args, names[0] if names else None, segments, count_problems, dtype,
-                                 messages_in_graph=True)
-            return np.int32(0)
+            # Eagerly, outside tf.data, with the messages in the graph: raises the first failure.
+            _parse_frame_example(tf.constant(records), *args, tf.constant(names[0]) if names else None, segments,
+                                 False, dtype, messages_in_graph=True)
 
         recheck = (recheck_fn, [serialized] + ([] if filenames is None else [filenames]))
-    # Every check in one conditional (see `vt_keras.data.checks.gate`); every output waits for it.
-    with tf.control_dependencies([gate(checks, recheck)]):
+    # Every check in one conditional (see `vt_keras.data.checks.gate`), tolerated problems in another;
+    # every output waits for both.
+    with tf.control_dependencies([gate(checks, recheck), gate(tolerated)]):
         if "labels" in out:
             out["labels"] = tf.identity(out["labels"])
         num_frames = tf.identity(num_frames)
