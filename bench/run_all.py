@@ -1,6 +1,6 @@
 """Every benchmark of the project in one run: one JSON file and one markdown report.
 
-    python bench/run_all.py --output_dir=bench_results           # everything (an hour or more on 2 CPU cores)
+    python bench/run_all.py --output_dir=bench_results           # everything (about 20 minutes on 2 CPU cores)
     python bench/run_all.py --quick --output_dir=bench_results   # under 10 minutes on 2 CPU cores
 
 Writes `results.json` (the machine, then each benchmark's own JSON) and
