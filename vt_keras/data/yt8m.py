@@ -100,11 +100,11 @@ def parse_frame_example(
             inside the frames read, class ids below `num_classes`.
         count_problems: count and log records whose feature lists disagree in
             frame count (`data_counters()`), and build the message of a
-            failed check in a Python callback that re-parses the failing
-            batch (a smaller graph: faster in tf.data, see
-            `vt_keras.data.checks.gate`); False handles problems the same
-            and fails with the same messages without Python callbacks (for
-            SavedModel exports).
+            failed check only when the error is read: `data_errors()` and
+            `iterate()` re-parse the failing batch (a smaller graph, faster
+            in tf.data; see `vt_keras.data.checks.gate`). False handles
+            problems the same and fails with the same messages built in the
+            graph, without Python callbacks (for SavedModel exports).
         dtype: "float32" returns dequantized frames; "uint8" returns the
             stored codes, padded with code 0, a quarter of the bytes to move to
             the accelerator, where `vt_keras.data.quantization.dequantize_frames`
