@@ -16,6 +16,12 @@ a `vt_keras.errors.DataError`:
 The same works around a `tf.function` step that pulls from the iterator:
 the marked line survives in the step's error message.
 
+A parser runs its checks in one conditional (`gate`), since tf.data pays
+for every node of a map function on each call. The frame parser builds a
+failure's message only when the error is read: its error carries a marked
+token, and `data_errors()` re-runs the parser on the failing batch eagerly
+to get the message (see `gate`).
+
 `read_checked_records` reads one TFRecord file and detects damage that
 `TFRecordDataset` would report without the file name: a sentinel after the
 last readable block of records compares the bytes consumed with the file
