@@ -131,9 +131,9 @@ def gate(row_checks, recheck=None):
     When a flag is False, the checks run in order: the first failing one
     raises its error, tolerated problems are reported. tf.data makes every
     node of a map function cost on each call, in an untaken branch too
-    (about 8 µs a node against 0.2 µs in a `tf.function` called directly,
-    on this project's 2-core machine), so a parser whose messages are built
-    in the graph pays for them on every batch. With `recheck=(fn, inputs)`
+    (about ten times a directly called `tf.function`'s cost per node,
+    measured by `bench/input_pipeline.py`), so a parser whose messages are
+    built in the graph pays for them on every batch. With `recheck=(fn, inputs)`
     the failure branch is one `tf.py_function` instead, which keeps the
     inputs' values and fails with a marked line; `data_error_message` (so
     `data_errors()` and `iterate()`) then calls `fn(*values)` eagerly,
