@@ -12,11 +12,10 @@ import tensorflow as tf
 from tests.conftest import REPO_ROOT
 from vt_keras.distributed import replica_gather
 from vt_keras.errors import ConfigError, UserError
+from vt_keras.losses.temporal_augment import local_permutations, temporal_augment
 from vt_keras.losses.vt_twins import (
     VTTwinsLoss,
     local_neighborhood_smoothing,
-    local_permutations,
-    temporal_augment,
     vt_twins_loss,
     weak_alignment_matrix,
 )
