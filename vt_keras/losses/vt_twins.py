@@ -27,6 +27,7 @@ from vt_keras.losses.soft_dtw import soft_dtw
 from vt_keras.losses.temporal_augment import next_seed, temporal_augment  # noqa: F401  (temporal_augment: public here too)
 from vt_keras.ops import l2_normalize
 
+
 def _checked(video, text, video_mask, text_mask):
     video = keras.ops.convert_to_tensor(video)
     text = keras.ops.convert_to_tensor(text)
